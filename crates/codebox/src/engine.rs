@@ -1,0 +1,254 @@
+//! The engine: one configured wasmtime engine, the compiled Python runtime, a ticker thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use wasmtime::{
+    Collector, Config, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
+};
+
+use crate::context::{Context, ContextOptions};
+use crate::host::{self, HostState};
+use crate::progress::Progress;
+use crate::runtime::{self, Manifest, RuntimeFiles};
+use crate::{Error, fsutil, module_cache};
+
+/// How often the epoch ticks: the granularity of timeouts and of time slicing between
+/// CPU-bound contexts.
+pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// CPython needs a deep native stack; with wasmtime's default of 512 KiB deep recursion is a
+/// fatal stack overflow instead of a `RecursionError`.
+const MAX_WASM_STACK: usize = 8 << 20;
+
+/// Configures and builds an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    cache_dir: Option<PathBuf>,
+    max_contexts: usize,
+    fuel_metering: bool,
+    install: bool,
+    progress: Progress,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            cache_dir: None,
+            max_contexts: 100,
+            fuel_metering: false,
+            install: true,
+            progress: Progress::stderr(),
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Directory for installed runtimes and compiled modules. Default: `CODEBOX_CACHE_DIR`,
+    /// else `$XDG_CACHE_HOME/codebox`, else `~/.cache/codebox`. Runtimes themselves are looked
+    /// up in `CODEBOX_RUNTIMES_DIR` when that is set.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Most contexts alive at once. Default 100. Creating one more fails with
+    /// [`Error::TooManyContexts`]. Each slot reserves address space (not memory) up front.
+    pub fn max_contexts(mut self, n: usize) -> Self {
+        self.max_contexts = n.max(1);
+        self
+    }
+
+    /// Count fuel so [`Limits::fuel`](crate::Limits::fuel) can bound executions and
+    /// [`Execution::fuel_consumed`](crate::Execution::fuel_consumed) is reported. Default off:
+    /// metering costs roughly 20% of CPU speed and needs its own compiled module.
+    pub fn fuel_metering(mut self, on: bool) -> Self {
+        self.fuel_metering = on;
+        self
+    }
+
+    /// Download and install a missing runtime with pip. Default on; when off, a missing
+    /// runtime is [`Error::RuntimeMissing`].
+    pub fn install_runtimes(mut self, on: bool) -> Self {
+        self.install = on;
+        self
+    }
+
+    /// Where progress of slow one-time steps (download, compilation) is reported. Default:
+    /// stderr.
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Builds the engine: verifies (and if needed installs) the runtime and loads its compiled
+    /// module, compiling it once if the cache has none (about a minute). Blocking; call it
+    /// from `spawn_blocking` inside an async runtime.
+    pub fn build(self) -> Result<Engine, Error> {
+        let cache_dir = self.cache_dir.clone().unwrap_or_else(fsutil::default_cache_dir);
+        let wasm_engine = wasmtime::Engine::new(&self.wasmtime_config()).map_err(Error::internal)?;
+
+        let manifest = Manifest::python();
+        let runtimes = runtime::runtimes_dir(&cache_dir);
+        let files = if self.install {
+            runtime::ensure_installed(&runtimes, &manifest, &self.progress)?
+        } else {
+            RuntimeFiles::open(&runtimes, &manifest)?
+        };
+        let key = module_cache::cache_key(&wasm_engine, &files.module_sha256);
+        let module = module_cache::load_or_compile(
+            &wasm_engine,
+            &cache_dir.join("compiled"),
+            "python",
+            &key,
+            &self.progress,
+            || {
+                files.verify_module()?;
+                std::fs::read(&files.module_path).map_err(|e| Error::io(&files.module_path, e))
+            },
+        )?;
+
+        let mut linker = Linker::<HostState>::new(&wasm_engine);
+        host::add_to_linker(&mut linker).map_err(Error::internal)?;
+        let python = linker.instantiate_pre(&module).map_err(Error::internal)?;
+        let writes = host::WriteForwarding::new(&wasm_engine).map_err(Error::internal)?;
+
+        start_ticker(&wasm_engine);
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                wasm: wasm_engine,
+                python,
+                writes,
+                files,
+                max_contexts: self.max_contexts,
+                live_contexts: AtomicUsize::new(0),
+                fuel_metering: self.fuel_metering,
+            }),
+        })
+    }
+
+    fn wasmtime_config(&self) -> Config {
+        let mut pool = PoolingAllocationConfig::default();
+        // One instance per context, plus headroom for a restart that briefly overlaps.
+        let slots = u32::try_from(self.max_contexts + 8).unwrap_or(u32::MAX);
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .total_stacks(slots)
+            .total_gc_heaps(slots)
+            .max_memory_size(crate::limits::MAX_MEMORY_BYTES as usize)
+            // The Python runtime has a 47k-entry function table and a large instance.
+            .table_elements(200_000)
+            .max_core_instance_size(16 << 20);
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .consume_fuel(self.fuel_metering)
+            .wasm_exceptions(true)
+            .collector(Collector::DeferredReferenceCounting)
+            .max_wasm_stack(MAX_WASM_STACK)
+            .async_stack_size(MAX_WASM_STACK + (1 << 20))
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config
+    }
+}
+
+/// A configured engine with the Python runtime loaded. Cheap to clone; build it once per
+/// process and create contexts from it.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub wasm: wasmtime::Engine,
+    pub python: InstancePre<HostState>,
+    /// Forwards quota-checked writes to WASI.
+    pub writes: host::WriteForwarding,
+    pub files: RuntimeFiles,
+    pub max_contexts: usize,
+    pub live_contexts: AtomicUsize,
+    pub fuel_metering: bool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("max_contexts", &self.inner.max_contexts)
+            .field("live_contexts", &self.live_contexts())
+            .field("fuel_metering", &self.inner.fuel_metering)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An engine with the default settings; see [`EngineBuilder`].
+    pub fn new() -> Result<Engine, Error> {
+        EngineBuilder::new().build()
+    }
+
+    /// A builder to configure an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::new()
+    }
+
+    /// Creates a Python context: a fresh interpreter with its own `/home/user` and `/tmp`.
+    pub async fn create_context(&self, options: ContextOptions) -> Result<Context, Error> {
+        Context::create(self.clone(), options).await
+    }
+
+    /// Contexts alive now.
+    pub fn live_contexts(&self) -> usize {
+        self.inner.live_contexts.load(Ordering::Relaxed)
+    }
+
+    /// Whether this engine meters fuel.
+    pub fn fuel_metering(&self) -> bool {
+        self.inner.fuel_metering
+    }
+
+    /// Takes a context slot, or fails when all are in use.
+    pub(crate) fn acquire_slot(&self) -> Result<ContextSlot, Error> {
+        let limit = self.inner.max_contexts;
+        self.inner
+            .live_contexts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .map_err(|_| Error::TooManyContexts { limit })?;
+        Ok(ContextSlot(self.inner.clone()))
+    }
+}
+
+/// One counted live context; the count goes down when it drops.
+pub(crate) struct ContextSlot(Arc<EngineInner>);
+
+impl Drop for ContextSlot {
+    fn drop(&mut self) {
+        self.0.live_contexts.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Advances the epoch every tick while the engine is alive. Holds only a weak reference, so
+/// the thread ends soon after the last clone of the engine is dropped.
+fn start_ticker(engine: &wasmtime::Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("codebox-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .expect("spawn the epoch ticker thread");
+}

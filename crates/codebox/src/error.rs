@@ -1,0 +1,106 @@
+//! The crate's error type: failures of the host side (setup, capacity, bad input, files).
+//!
+//! Failures of the guest's code (exceptions, timeouts, running out of fuel or memory) are not
+//! errors of the API call: they come back inside [`Execution`](crate::Execution) with the
+//! output produced so far, see [`ExecutionError`](crate::ExecutionError).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What went wrong on the host side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The runtime is not installed in the runtimes directory.
+    #[error(
+        "the {runtime} runtime is not installed in {dir}; run `codebox runtimes install` \
+         (or point CODEBOX_RUNTIMES_DIR at an installed copy)"
+    )]
+    RuntimeMissing {
+        /// Runtime name and version, e.g. `python-0.1.0`.
+        runtime: String,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+
+    /// A runtime file failed verification (truncated, edited or the wrong version).
+    #[error(
+        "{path} is corrupt: {reason}; it was not used. Run `codebox runtimes install` to \
+         replace it"
+    )]
+    RuntimeCorrupt {
+        /// The file or directory that failed.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// Downloading or installing a runtime failed.
+    #[error("runtime installation failed: {message}")]
+    Install {
+        /// What failed and what to do about it.
+        message: String,
+    },
+
+    /// The engine already runs its maximum number of contexts.
+    #[error("too many live contexts (the limit is {limit}); close one or raise max_contexts")]
+    TooManyContexts {
+        /// The configured maximum.
+        limit: usize,
+    },
+
+    /// The context was closed, or its guest ended (`exit()`) and could not be restarted.
+    #[error("the context is closed")]
+    ContextClosed,
+
+    /// An argument was rejected before anything ran.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// A path given to the file API is not acceptable (escapes the home directory, contains NUL,
+    /// too long, ...).
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path as given.
+        path: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The file or directory does not exist.
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+
+    /// Writing would take the context's writable directories over their disk quota.
+    #[error("disk quota exceeded: writing {path} would use more than {quota_bytes} bytes")]
+    DiskQuota {
+        /// The path being written.
+        path: String,
+        /// The configured quota.
+        quota_bytes: u64,
+    },
+
+    /// An I/O error on a host path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The host path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An unexpected failure inside the engine; the message says what failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Error {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(format!("{e:#}"))
+    }
+}

@@ -1,0 +1,140 @@
+//! What one execution returns: output, results, errors, accounting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything one execution produced, as a notebook would show it.
+///
+/// The guest's output stays attached whatever happened: an execution that raised, timed out
+/// or ran out of fuel still carries the stdout and stderr written before it stopped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Execution {
+    /// Everything written to stdout (up to the output limit).
+    pub stdout: String,
+    /// Everything written to stderr (up to the output limit).
+    pub stderr: String,
+    /// Results in the order they were produced. The value of the last expression, if it is
+    /// not `None`, is the one with `is_main_result` set.
+    pub results: Vec<DisplayData>,
+    /// Why the execution did not finish normally, if it did not.
+    pub error: Option<ExecutionError>,
+    /// The 1-based number of this execution in its context (like `In [n]` in a notebook).
+    /// It starts again at 1 after a restart.
+    pub execution_count: u64,
+    /// Wall-clock time the execution took.
+    #[serde(with = "duration_secs")]
+    pub duration: Duration,
+    /// Fuel burned, when the engine meters fuel.
+    pub fuel_consumed: Option<u64>,
+    /// Stdout went past the output limit and was cut.
+    pub stdout_truncated: bool,
+    /// Stderr went past the output limit and was cut.
+    pub stderr_truncated: bool,
+    /// The code called `exit()` or `sys.exit(status)`; the context's next execution starts
+    /// from fresh state.
+    pub exit_status: Option<i32>,
+    /// The context was restarted after this execution (timeout, crash, exit): variables,
+    /// imports and everything in memory were lost. Files in `/home/user` are kept.
+    pub context_restarted: bool,
+}
+
+impl Execution {
+    /// The text of the main result (the last expression's value), if there is one.
+    pub fn text(&self) -> Option<&str> {
+        self.results.iter().find(|r| r.is_main_result).and_then(DisplayData::text)
+    }
+
+    /// The execution finished without an error.
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// One result: a MIME bundle as in Jupyter's display protocol.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DisplayData {
+    /// MIME type to representation, e.g. `text/plain` to the value's `repr()`.
+    pub data: BTreeMap<String, serde_json::Value>,
+    /// True for the value of the last expression, false for `display()`-style output.
+    pub is_main_result: bool,
+}
+
+impl DisplayData {
+    /// The `text/plain` representation.
+    pub fn text(&self) -> Option<&str> {
+        self.data.get("text/plain").and_then(|v| v.as_str())
+    }
+}
+
+/// Why an execution ended badly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionError {
+    /// What kind of failure this is.
+    pub kind: ErrorKind,
+    /// The exception's class name (`ZeroDivisionError`), or for a limit a descriptive name
+    /// (`TimeoutError`, `OutOfFuel`, ...).
+    pub name: String,
+    /// The exception's message (`str(exc)`), or for a limit a sentence saying what happened.
+    pub value: String,
+    /// The full traceback as CPython prints it; empty when the guest was stopped from outside.
+    pub traceback: String,
+}
+
+impl fmt::Display for ExecutionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.traceback.is_empty() {
+            write!(f, "{}: {}", self.name, self.value)
+        } else {
+            f.write_str(self.traceback.trim_end())
+        }
+    }
+}
+
+/// The kinds of failure an execution can end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The code raised an exception that it did not catch. The context goes on.
+    Exception,
+    /// The execution ran past its time limit. The context was restarted.
+    Timeout,
+    /// The execution burned its fuel budget. The context was restarted.
+    OutOfFuel,
+    /// The guest ran into the memory limit. As a `MemoryError` the context goes on; if the
+    /// guest crashed on it, the context was restarted.
+    MemoryLimit,
+    /// A write failed because the disk quota was reached (an `OSError` in the guest).
+    DiskQuota,
+    /// The guest crashed (a WebAssembly trap such as a stack overflow). The context was
+    /// restarted.
+    Crashed,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+mod duration_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,100 @@
+//! The compiled-module cache: compile a guest module once, then load it in milliseconds.
+//!
+//! Files are keyed by the module's sha256, the wasmtime version and the engine's compilation
+//! settings, so a different engine never sees another's code. A file is written to a temporary
+//! name and renamed into place, so no reader ever sees half of one; a lock file keeps two
+//! processes from compiling the same module at once (the second waits, then loads).
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Module;
+
+use crate::Error;
+use crate::fsutil;
+use crate::progress::Progress;
+use crate::runtime::hex;
+
+/// Feeds `Hash` output into sha256, so the key is stable across processes and Rust versions.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        unreachable!("only the sha256 digest is read")
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// The cache key of a module compiled by `engine`.
+pub(crate) fn cache_key(engine: &wasmtime::Engine, module_sha256: &str) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    module_sha256.hash(&mut hasher);
+    env!("CARGO_PKG_VERSION").hash(&mut hasher);
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex(&hasher.0.finalize()[..16])
+}
+
+/// Loads the compiled module for `key`, or compiles it with `compile` and stores it.
+pub(crate) fn load_or_compile(
+    engine: &wasmtime::Engine,
+    dir: &Path,
+    name: &str,
+    key: &str,
+    progress: &Progress,
+    compile: impl FnOnce() -> Result<Vec<u8>, Error>,
+) -> Result<Module, Error> {
+    fsutil::create_private_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(format!("{name}-{key}.cwasm"));
+    if let Some(module) = try_load(engine, &path) {
+        return Ok(module);
+    }
+    let _lock = fsutil::lock_file(&dir.join(format!(".{name}-{key}.lock")))?;
+    // Another process may have finished while we waited for the lock.
+    if let Some(module) = try_load(engine, &path) {
+        return Ok(module);
+    }
+    let wasm = compile()?;
+    let what = format!("compiling the {name} runtime (one time, about a minute)");
+    let bytes = progress
+        .long_task(&what, || engine.precompile_module(&wasm))
+        .map_err(|e| Error::internal(format!("compiling {name}: {e:#}")))?;
+    drop(wasm);
+    write_atomically(dir, &path, &bytes)?;
+    try_load(engine, &path)
+        .ok_or_else(|| Error::Internal(format!("{} cannot be loaded after compiling", path.display())))
+}
+
+/// Loads a cached module; a file that is missing, truncated or made for another engine is
+/// removed (when present) and reported as absent.
+fn try_load(engine: &wasmtime::Engine, path: &PathBuf) -> Option<Module> {
+    if !path.is_file() {
+        return None;
+    }
+    // SAFETY: the file was written by `precompile_module` of an engine with the same
+    // compatibility hash (it is part of the name) into a private directory, and renamed into
+    // place only when complete. wasmtime checks the header and version and refuses a file that
+    // does not parse; a refused file is deleted and recompiled.
+    #[allow(unsafe_code)]
+    let loaded = unsafe { Module::deserialize_file(engine, path) };
+    match loaded {
+        Ok(module) => Some(module),
+        Err(_) => {
+            let _ = fs::remove_file(path);
+            None
+        }
+    }
+}
+
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
