@@ -10,7 +10,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use crate::engine::{ContextSlot, Engine};
 use crate::execution::{ErrorKind, Execution, ExecutionError};
 use crate::files::{GUEST_HOME, HomeDir};
-use crate::host::{DiskQuota, Door, HostState, MemoryLimiter};
+use crate::host::{self, DiskQuota, Door, HostState, MemoryLimiter};
 use crate::output::{Capture, GuestStream, OutputCallback, SharedCapture};
 use crate::{Error, Limits, Stream};
 
@@ -385,7 +385,7 @@ impl State {
                 execution.error = door.error.map(|e| {
                     let kind = if e.name == "MemoryError" && memory_refused {
                         ErrorKind::MemoryLimit
-                    } else if e.errno == Some(28) && quota_refused {
+                    } else if e.errno == Some(host::GUEST_ENOSPC) && quota_refused {
                         ErrorKind::DiskQuota
                     } else {
                         ErrorKind::Exception

@@ -19,8 +19,9 @@ pub(crate) const MAX_DOOR_REQUEST: usize = 32 << 20;
 const DOOR_OK: i32 = 0;
 const DOOR_FAULT: i32 = -2;
 
-/// WASI errno `nospc`.
+/// WASI errno `nospc`; wasi-libc uses WASI's numbers, so Python sees `errno == 51` too.
 const ERRNO_NOSPC: i32 = 51;
+pub(crate) const GUEST_ENOSPC: i64 = ERRNO_NOSPC as i64;
 
 /// Per-store state: everything host functions can reach.
 pub(crate) struct HostState {
