@@ -39,7 +39,7 @@ impl Default for EngineBuilder {
             cache_dir: None,
             max_contexts: 100,
             fuel_metering: false,
-            install: true,
+            install: std::env::var_os("CODEBOX_OFFLINE").is_none_or(|v| v.is_empty()),
             progress: Progress::stderr(),
         }
     }
@@ -74,8 +74,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Download and install a missing runtime with pip. Default on; when off, a missing
-    /// runtime is [`Error::RuntimeMissing`].
+    /// Download and install a missing runtime with pip. Default on unless the environment
+    /// variable `CODEBOX_OFFLINE` is set; when off, a missing runtime is
+    /// [`Error::RuntimeMissing`].
     pub fn install_runtimes(mut self, on: bool) -> Self {
         self.install = on;
         self
