@@ -13,7 +13,10 @@ fn engine() -> Engine {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
 }
 
 fn create(c: &mut Criterion) {
@@ -22,7 +25,10 @@ fn create(c: &mut Criterion) {
     let mut group = c.benchmark_group("create");
     group.bench_function("python_context_to_first_result", |b| {
         b.to_async(&rt).iter(|| async {
-            let ctx = engine.create_context(ContextOptions::default()).await.unwrap();
+            let ctx = engine
+                .create_context(ContextOptions::default())
+                .await
+                .unwrap();
             let run = ctx.execute("1+1").await.unwrap();
             assert_eq!(run.text(), Some("2"));
         })
@@ -33,14 +39,18 @@ fn create(c: &mut Criterion) {
 fn execute_warm(c: &mut Criterion) {
     let engine = engine();
     let rt = runtime();
-    let ctx = rt.block_on(engine.create_context(ContextOptions::default())).unwrap();
+    let ctx = rt
+        .block_on(engine.create_context(ContextOptions::default()))
+        .unwrap();
     rt.block_on(ctx.execute("x = 1")).unwrap();
     let mut group = c.benchmark_group("execute_warm");
     group.bench_function("python_tiny", |b| {
-        b.to_async(&rt).iter(|| async { ctx.execute("x + 1").await.unwrap() })
+        b.to_async(&rt)
+            .iter(|| async { ctx.execute("x + 1").await.unwrap() })
     });
     group.bench_function("python_print", |b| {
-        b.to_async(&rt).iter(|| async { ctx.execute("print('hello')").await.unwrap() })
+        b.to_async(&rt)
+            .iter(|| async { ctx.execute("print('hello')").await.unwrap() })
     });
     group.finish();
 }
@@ -51,9 +61,15 @@ fn timeout_report() {
     let rt = runtime();
     let limit = Duration::from_millis(200);
     let ctx = rt
-        .block_on(engine.create_context(ContextOptions::new().limits(Limits { timeout: limit, ..Limits::default() })))
+        .block_on(engine.create_context(ContextOptions::new().limits(Limits {
+            timeout: limit,
+            ..Limits::default()
+        })))
         .unwrap();
-    for (name, code) in [("busy loop", "while True: pass"), ("sleep", "import time\ntime.sleep(60)")] {
+    for (name, code) in [
+        ("busy loop", "while True: pass"),
+        ("sleep", "import time\ntime.sleep(60)"),
+    ] {
         let mut late: Vec<f64> = (0..15)
             .map(|_| {
                 let started = Instant::now();
@@ -80,7 +96,9 @@ fn memory_report() {
     let before = proc_memory();
     let contexts: Vec<_> = (0..n)
         .map(|_| {
-            let ctx = rt.block_on(engine.create_context(ContextOptions::default())).unwrap();
+            let ctx = rt
+                .block_on(engine.create_context(ContextOptions::default()))
+                .unwrap();
             rt.block_on(ctx.execute("1+1")).unwrap();
             ctx
         })
@@ -122,7 +140,9 @@ criterion_group!(benches, create, execute_warm);
 
 fn main() {
     benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
     timeout_report();
     memory_report();
 }

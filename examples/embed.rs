@@ -11,9 +11,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = ContextOptions::new().limits(Limits::default());
     let ctx = engine.create_context(options).await?;
 
-    ctx.files().write("sales.csv", include_bytes!("sales.csv"))?;
-    ctx.execute("import pandas as pd\ndf = pd.read_csv('sales.csv')").await?;
-    let run = ctx.execute("df.groupby('city').sales.sum().nlargest(5)").await?;
+    ctx.files()
+        .write("sales.csv", include_bytes!("sales.csv"))?;
+    ctx.execute("import pandas as pd\ndf = pd.read_csv('sales.csv')")
+        .await?;
+    let run = ctx
+        .execute("df.groupby('city').sales.sum().nlargest(5)")
+        .await?;
 
     match &run.error {
         None => println!("{}", run.text().unwrap_or("(no result)")),

@@ -6,7 +6,12 @@ use codebox::{Context, ContextOptions, Engine, Execution, Limits};
 pub fn engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE
-        .get_or_init(|| Engine::builder().max_contexts(200).build().expect("engine builds"))
+        .get_or_init(|| {
+            Engine::builder()
+                .max_contexts(200)
+                .build()
+                .expect("engine builds")
+        })
         .clone()
 }
 
@@ -15,7 +20,11 @@ pub fn metered_engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
-            Engine::builder().max_contexts(8).fuel_metering(true).build().expect("engine builds")
+            Engine::builder()
+                .max_contexts(8)
+                .fuel_metering(true)
+                .build()
+                .expect("engine builds")
         })
         .clone()
 }
@@ -25,12 +34,19 @@ pub async fn context() -> Context {
 }
 
 pub async fn context_with(limits: Limits) -> Context {
-    engine().create_context(ContextOptions::new().limits(limits)).await.expect("context starts")
+    engine()
+        .create_context(ContextOptions::new().limits(limits))
+        .await
+        .expect("context starts")
 }
 
 /// Runs code that must succeed and returns the execution.
 pub async fn ok(ctx: &Context, code: &str) -> Execution {
     let run = ctx.execute(code).await.expect("execute");
-    assert!(run.error.is_none(), "unexpected error running {code:?}: {:?}", run.error);
+    assert!(
+        run.error.is_none(),
+        "unexpected error running {code:?}: {:?}",
+        run.error
+    );
     run
 }

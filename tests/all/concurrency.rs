@@ -23,7 +23,11 @@ async fn fifty_contexts_execute_concurrently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_context_does_not_starve_others() {
-    let busy = context_with(Limits { timeout: Duration::from_secs(5), ..Limits::default() }).await;
+    let busy = context_with(Limits {
+        timeout: Duration::from_secs(5),
+        ..Limits::default()
+    })
+    .await;
     let quick = context().await;
     let spin = tokio::spawn(async move { busy.execute("while True: pass").await.unwrap() });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -32,7 +36,11 @@ async fn a_busy_context_does_not_starve_others() {
         ok(&quick, "1 + 1").await;
     }
     // The quick context finished while the busy one was still spinning.
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(!spin.is_finished());
     spin.await.unwrap();
 }
@@ -62,10 +70,17 @@ async fn the_context_limit_is_enforced_and_slots_come_back() {
     assert!(engine.live_contexts() > before || engine.live_contexts() >= 1);
     drop(ctx);
     // A small engine of its own shows the limit.
-    let small = codebox::Engine::builder().max_contexts(1).progress(codebox::Progress::silent()).build().unwrap();
+    let small = codebox::Engine::builder()
+        .max_contexts(1)
+        .progress(codebox::Progress::silent())
+        .build()
+        .unwrap();
     let one = small.create_context(Default::default()).await.unwrap();
     let err = small.create_context(Default::default()).await.unwrap_err();
-    assert!(matches!(err, codebox::Error::TooManyContexts { limit: 1 }), "{err}");
+    assert!(
+        matches!(err, codebox::Error::TooManyContexts { limit: 1 }),
+        "{err}"
+    );
     drop(one);
     small.create_context(Default::default()).await.unwrap();
 }

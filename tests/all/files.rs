@@ -14,7 +14,10 @@ async fn host_file_api_round_trip() {
     assert_eq!(kinds, [("a", FileKind::Dir), ("top.bin", FileKind::File)]);
     assert_eq!(root[1].size, 3);
     assert!(root[1].modified.is_some());
-    assert_eq!(ok(&ctx, "open('a/b/c.txt').read()").await.text(), Some("'one'"));
+    assert_eq!(
+        ok(&ctx, "open('a/b/c.txt').read()").await.text(),
+        Some("'one'")
+    );
     files.rename("a/b/c.txt", "moved.txt").unwrap();
     assert_eq!(files.read("moved.txt").unwrap(), b"one");
     files.remove("a").unwrap();

@@ -31,17 +31,44 @@ async fn last_expression_is_a_result_not_stdout() {
 #[tokio::test]
 async fn zero_division_error_has_name_value_and_traceback() {
     let ctx = context().await;
-    let run = ctx.execute("print('before')\ndef f():\n    return 1 / 0\nf()").await.unwrap();
+    let run = ctx
+        .execute("print('before')\ndef f():\n    return 1 / 0\nf()")
+        .await
+        .unwrap();
     assert_eq!(run.stdout, "before\n", "output before the error is kept");
     let error = run.error.expect("an error");
     assert_eq!(error.kind, ErrorKind::Exception);
     assert_eq!(error.name, "ZeroDivisionError");
     assert_eq!(error.value, "division by zero");
-    assert!(error.traceback.starts_with("Traceback (most recent call last):\n"), "{}", error.traceback);
-    assert!(error.traceback.contains("File \"<cell 1>\", line 4, in <module>"), "{}", error.traceback);
-    assert!(error.traceback.contains("line 3, in f\n    return 1 / 0"), "{}", error.traceback);
-    assert!(error.traceback.ends_with("ZeroDivisionError: division by zero\n"));
-    assert!(!error.traceback.contains("codebox-kernel"), "kernel frames leak: {}", error.traceback);
+    assert!(
+        error
+            .traceback
+            .starts_with("Traceback (most recent call last):\n"),
+        "{}",
+        error.traceback
+    );
+    assert!(
+        error
+            .traceback
+            .contains("File \"<cell 1>\", line 4, in <module>"),
+        "{}",
+        error.traceback
+    );
+    assert!(
+        error.traceback.contains("line 3, in f\n    return 1 / 0"),
+        "{}",
+        error.traceback
+    );
+    assert!(
+        error
+            .traceback
+            .ends_with("ZeroDivisionError: division by zero\n")
+    );
+    assert!(
+        !error.traceback.contains("codebox-kernel"),
+        "kernel frames leak: {}",
+        error.traceback
+    );
     assert!(!run.context_restarted);
     // The context is still usable.
     assert_eq!(ok(&ctx, "f.__name__").await.text(), Some("'f'"));
@@ -50,16 +77,40 @@ async fn zero_division_error_has_name_value_and_traceback() {
 #[tokio::test]
 async fn name_error_and_syntax_error() {
     let ctx = context().await;
-    let error = ctx.execute("undefined_thing + 1").await.unwrap().error.unwrap();
+    let error = ctx
+        .execute("undefined_thing + 1")
+        .await
+        .unwrap()
+        .error
+        .unwrap();
     assert_eq!(error.name, "NameError");
     assert_eq!(error.value, "name 'undefined_thing' is not defined");
 
-    let error = ctx.execute("x = 1\nif x >:\n  pass").await.unwrap().error.unwrap();
+    let error = ctx
+        .execute("x = 1\nif x >:\n  pass")
+        .await
+        .unwrap()
+        .error
+        .unwrap();
     assert_eq!(error.name, "SyntaxError");
-    assert!(error.traceback.contains("File \"<cell 2>\", line 2"), "{}", error.traceback);
-    assert!(error.traceback.trim_end().ends_with("SyntaxError: invalid syntax"), "{}", error.traceback);
+    assert!(
+        error.traceback.contains("File \"<cell 2>\", line 2"),
+        "{}",
+        error.traceback
+    );
+    assert!(
+        error
+            .traceback
+            .trim_end()
+            .ends_with("SyntaxError: invalid syntax"),
+        "{}",
+        error.traceback
+    );
     // Nothing of a cell that does not compile has run.
-    assert_eq!(ctx.execute("x").await.unwrap().error.unwrap().name, "NameError");
+    assert_eq!(
+        ctx.execute("x").await.unwrap().error.unwrap().name,
+        "NameError"
+    );
 }
 
 #[tokio::test]
@@ -74,7 +125,12 @@ async fn output_streams_live_in_order() {
     let run = ctx.execute(request).await.unwrap();
     let chunks = chunks.lock().unwrap().clone();
     let expected: Vec<(Stream, String)> = (0..3)
-        .flat_map(|i| [(Stream::Stdout, format!("out {i}\n")), (Stream::Stderr, format!("err {i}\n"))])
+        .flat_map(|i| {
+            [
+                (Stream::Stdout, format!("out {i}\n")),
+                (Stream::Stderr, format!("err {i}\n")),
+            ]
+        })
         .collect();
     assert_eq!(chunks, expected);
     assert_eq!(run.stdout, "out 0\nout 1\nout 2\n");
@@ -86,7 +142,11 @@ async fn pandas_groupby_on_an_uploaded_csv() {
     let ctx = context().await;
     let mut csv = String::from("city,sales\n");
     for i in 0..300 {
-        csv.push_str(&format!("{},{}\n", ["Oslo", "Lima", "Pune", "Kyiv"][i % 4], i));
+        csv.push_str(&format!(
+            "{},{}\n",
+            ["Oslo", "Lima", "Pune", "Kyiv"][i % 4],
+            i
+        ));
     }
     ctx.files().write("data/sales.csv", csv.as_bytes()).unwrap();
     let run = ok(
@@ -100,7 +160,13 @@ async fn pandas_groupby_on_an_uploaded_csv() {
     let sum = |k: usize| (0..300).filter(|i| i % 4 == k).sum::<usize>();
     assert_eq!(
         run.stdout.trim(),
-        format!("{{'Kyiv': {}, 'Pune': {}, 'Lima': {}, 'Oslo': {}}}", sum(3), sum(2), sum(1), sum(0))
+        format!(
+            "{{'Kyiv': {}, 'Pune': {}, 'Lima': {}, 'Oslo': {}}}",
+            sum(3),
+            sum(2),
+            sum(1),
+            sum(0)
+        )
     );
     assert_eq!(run.text(), Some("300"));
 }
@@ -108,9 +174,19 @@ async fn pandas_groupby_on_an_uploaded_csv() {
 #[tokio::test]
 async fn files_written_by_the_guest_are_visible_to_the_host() {
     let ctx = context().await;
-    ok(&ctx, "import os\nos.makedirs('out', exist_ok=True)\nopen('out/r.txt','w').write('done')").await;
+    ok(
+        &ctx,
+        "import os\nos.makedirs('out', exist_ok=True)\nopen('out/r.txt','w').write('done')",
+    )
+    .await;
     assert_eq!(ctx.files().read("/home/user/out/r.txt").unwrap(), b"done");
-    let names: Vec<_> = ctx.files().list("out").unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<_> = ctx
+        .files()
+        .list("out")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["r.txt"]);
 }
 
@@ -118,19 +194,29 @@ async fn files_written_by_the_guest_are_visible_to_the_host() {
 async fn exit_ends_the_session_with_its_status_and_the_next_run_starts_fresh() {
     let ctx = context().await;
     ok(&ctx, "kept = 1").await;
-    let run = ctx.execute("import sys\nprint('bye')\nsys.exit(3)").await.unwrap();
+    let run = ctx
+        .execute("import sys\nprint('bye')\nsys.exit(3)")
+        .await
+        .unwrap();
     assert_eq!(run.exit_status, Some(3));
     assert_eq!(run.stdout, "bye\n");
     assert!(run.context_restarted);
     let run = ctx.execute("kept").await.unwrap();
-    assert_eq!(run.error.unwrap().name, "NameError", "state is gone after exit");
+    assert_eq!(
+        run.error.unwrap().name,
+        "NameError",
+        "state is gone after exit"
+    );
     assert_eq!(ctx.execute("exit()").await.unwrap().exit_status, Some(0));
 }
 
 #[tokio::test]
 async fn deep_recursion_is_a_recursion_error() {
     let ctx = context().await;
-    let run = ctx.execute("def f(n): return f(n + 1)\nf(0)").await.unwrap();
+    let run = ctx
+        .execute("def f(n): return f(n + 1)\nf(0)")
+        .await
+        .unwrap();
     let error = run.error.unwrap();
     assert_eq!(error.name, "RecursionError");
     assert!(!run.context_restarted);
@@ -149,6 +235,14 @@ async fn unicode_and_odd_code_are_handled() {
     let run = ctx.execute("x = 1\0").await.unwrap();
     assert_eq!(run.error.unwrap().name, "SyntaxError");
     // A repr that raises does not lose the execution.
-    let run = ok(&ctx, "class B:\n    def __repr__(self): raise ValueError('no')\nB()").await;
-    assert!(run.text().unwrap().contains("repr failed"), "{:?}", run.text());
+    let run = ok(
+        &ctx,
+        "class B:\n    def __repr__(self): raise ValueError('no')\nB()",
+    )
+    .await;
+    assert!(
+        run.text().unwrap().contains("repr failed"),
+        "{:?}",
+        run.text()
+    );
 }

@@ -6,10 +6,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use codebox::{Context, ContextOptions, Engine, ExecuteRequest, Execution, Limits, Progress, Stream};
+use codebox::{
+    Context, ContextOptions, Engine, ExecuteRequest, Execution, Limits, Progress, Stream,
+};
 
 #[derive(Parser)]
-#[command(name = "codebox", version, about = "Run untrusted Python in a WebAssembly sandbox")]
+#[command(
+    name = "codebox",
+    version,
+    about = "Run untrusted Python in a WebAssembly sandbox"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,7 +80,10 @@ enum RuntimesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
@@ -100,10 +109,15 @@ fn fail(message: &str) -> ExitCode {
 type CliResult = Result<ExitCode, String>;
 
 async fn engine(fuel: bool) -> Result<Engine, String> {
-    tokio::task::spawn_blocking(move || Engine::builder().fuel_metering(fuel).max_contexts(4).build())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(move || {
+        Engine::builder()
+            .fuel_metering(fuel)
+            .max_contexts(4)
+            .build()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 async fn context(args: &LimitArgs) -> Result<Context, String> {
@@ -124,7 +138,10 @@ async fn context(args: &LimitArgs) -> Result<Context, String> {
         options = options.env(key, value);
     }
     let engine = engine(args.fuel.is_some()).await?;
-    engine.create_context(options).await.map_err(|e| e.to_string())
+    engine
+        .create_context(options)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn run(args: RunArgs) -> CliResult {
@@ -155,7 +172,9 @@ async fn run(args: RunArgs) -> CliResult {
         };
         let bytes =
             std::fs::read(&local).map_err(|e| format!("cannot read {}: {e}", local.display()))?;
-        ctx.files().write(&dest, &bytes).map_err(|e| e.to_string())?;
+        ctx.files()
+            .write(&dest, &bytes)
+            .map_err(|e| e.to_string())?;
     }
 
     let request = ExecuteRequest::new(code);
@@ -224,8 +243,7 @@ async fn repl(args: LimitArgs) -> CliResult {
     }
     let mut lines = std::io::stdin().lock().lines();
     let mut last_failed = false;
-    loop {
-        let Some(cell) = read_cell(&mut lines, interactive)? else { break };
+    while let Some(cell) = read_cell(&mut lines, interactive)? {
         if cell.trim().is_empty() {
             continue;
         }
@@ -239,7 +257,11 @@ async fn repl(args: LimitArgs) -> CliResult {
             return Ok(ExitCode::from(status.clamp(0, 255) as u8));
         }
     }
-    Ok(if last_failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if last_failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Reads one cell: a single line, or, after a line ending in `:` (a block) or with unclosed
@@ -255,7 +277,9 @@ fn read_cell(
         }
     };
     prompt(">>> ");
-    let Some(first) = lines.next() else { return Ok(None) };
+    let Some(first) = lines.next() else {
+        return Ok(None);
+    };
     let first = first.map_err(|e| format!("reading input: {e}"))?;
     let mut cell = first.clone();
     let mut depth = bracket_depth(&first);
@@ -295,7 +319,12 @@ async fn install(wheel: Option<PathBuf>) -> CliResult {
     // Compile now, once, so the first run is fast.
     engine(false).await?;
     for runtime in installed {
-        println!("{} {} ready in {}", runtime.package, runtime.version, runtime.dir.display());
+        println!(
+            "{} {} ready in {}",
+            runtime.package,
+            runtime.version,
+            runtime.dir.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -303,7 +332,14 @@ async fn install(wheel: Option<PathBuf>) -> CliResult {
 fn list() -> CliResult {
     for runtime in codebox::installed_runtimes(None) {
         let state = runtime.problem.as_deref().unwrap_or("installed");
-        println!("{}\t{} {}\t{}\t{}", runtime.name, runtime.package, runtime.version, runtime.dir.display(), state);
+        println!(
+            "{}\t{} {}\t{}\t{}",
+            runtime.name,
+            runtime.package,
+            runtime.version,
+            runtime.dir.display(),
+            state
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn codebox(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_codebox")).args(args).output().expect("run codebox")
+    Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .args(args)
+        .output()
+        .expect("run codebox")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -13,7 +16,11 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn repo_file(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path).to_string_lossy().into_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -28,7 +35,10 @@ fn run_reports_errors_with_a_traceback_and_exit_code() {
     let out = codebox(&["run", "-c", "1/0"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("ZeroDivisionError: division by zero"), "{stderr}");
+    assert!(
+        stderr.contains("ZeroDivisionError: division by zero"),
+        "{stderr}"
+    );
     let out = codebox(&["run", "-c", "import sys; sys.exit(7)"]);
     assert_eq!(out.status.code(), Some(7));
 }
@@ -44,7 +54,12 @@ fn the_shipped_example_finds_the_top_cities() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("400 sales rows, 12 cities"), "{stdout}");
-    let top: Vec<&str> = stdout.lines().skip_while(|l| *l != "city").skip(1).take(5).collect();
+    let top: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "city")
+        .skip(1)
+        .take(5)
+        .collect();
     assert_eq!(top.len(), 5, "{stdout}");
     assert!(top[0].starts_with("Melbourne"), "{stdout}");
 }
@@ -55,7 +70,14 @@ fn uploads_go_to_the_named_destination_and_json_output_parses() {
     let local = dir.path().join("in.txt");
     std::fs::write(&local, "payload").unwrap();
     let spec = format!("{}:data/x.txt", local.display());
-    let out = codebox(&["run", "--json", "--file", &spec, "-c", "open('/home/user/data/x.txt').read()"]);
+    let out = codebox(&[
+        "run",
+        "--json",
+        "--file",
+        &spec,
+        "-c",
+        "open('/home/user/data/x.txt').read()",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["results"][0]["data"]["text/plain"], "'payload'");
@@ -86,11 +108,26 @@ fn repl_keeps_state_between_inputs() {
 fn user_mistakes_get_one_clear_sentence() {
     for (args, expect) in [
         (vec!["run"], "give code with -c CODE or a script file"),
-        (vec!["run", "/no/such/script.py"], "cannot read /no/such/script.py"),
-        (vec!["run", "--file", "/no/such.csv", "-c", "1"], "cannot read /no/such.csv"),
-        (vec!["run", "--file", "/etc/hostname:../x", "-c", "1"], "invalid path"),
-        (vec!["run", "--timeout", "0", "-c", "1"], "--timeout must be a positive number"),
-        (vec!["run", "--env", "NOEQUALS", "-c", "1"], "is not KEY=VALUE"),
+        (
+            vec!["run", "/no/such/script.py"],
+            "cannot read /no/such/script.py",
+        ),
+        (
+            vec!["run", "--file", "/no/such.csv", "-c", "1"],
+            "cannot read /no/such.csv",
+        ),
+        (
+            vec!["run", "--file", "/etc/hostname:../x", "-c", "1"],
+            "invalid path",
+        ),
+        (
+            vec!["run", "--timeout", "0", "-c", "1"],
+            "--timeout must be a positive number",
+        ),
+        (
+            vec!["run", "--env", "NOEQUALS", "-c", "1"],
+            "is not KEY=VALUE",
+        ),
     ] {
         let out = codebox(&args);
         let stderr = text(&out.stderr);
@@ -106,7 +143,10 @@ fn installed_runtime_dir() -> PathBuf {
     assert!(codebox(&["run", "-c", "1"]).status.success());
     let out = codebox(&["runtimes", "list"]);
     let stdout = text(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("python")).expect("python listed");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("python"))
+        .expect("python listed");
     assert!(line.ends_with("installed"), "{line}");
     PathBuf::from(line.split('\t').nth(2).unwrap())
 }
@@ -131,7 +171,11 @@ fn a_tampered_or_truncated_runtime_is_refused_with_a_fix() {
         let root = tempfile::tempdir().unwrap();
         let copy = root.path().join(real.file_name().unwrap());
         std::fs::create_dir_all(&copy).unwrap();
-        std::os::unix::fs::symlink(real.join("python-snapshot.wasm"), copy.join("python-snapshot.wasm")).unwrap();
+        std::os::unix::fs::symlink(
+            real.join("python-snapshot.wasm"),
+            copy.join("python-snapshot.wasm"),
+        )
+        .unwrap();
         copy_dir(&real.join("lib"), &copy.join("lib"));
         copy_dir(&real.join("mpl-data"), &copy.join("mpl-data"));
         let zip = copy.join("lib/python315.zip");
@@ -151,6 +195,9 @@ fn a_tampered_or_truncated_runtime_is_refused_with_a_fix() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{damage}: {stderr}");
         assert!(stderr.contains("is corrupt"), "{damage}: {stderr}");
-        assert!(stderr.contains("codebox runtimes install"), "{damage}: {stderr}");
+        assert!(
+            stderr.contains("codebox runtimes install"),
+            "{damage}: {stderr}"
+        );
     }
 }

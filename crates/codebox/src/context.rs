@@ -76,7 +76,11 @@ pub struct ExecuteRequest {
 impl ExecuteRequest {
     /// A request to run `code`.
     pub fn new(code: impl Into<String>) -> Self {
-        ExecuteRequest { code: code.into(), timeout: None, on_output: None }
+        ExecuteRequest {
+            code: code.into(),
+            timeout: None,
+            on_output: None,
+        }
     }
 
     /// Overrides the context's timeout for this execution.
@@ -147,7 +151,9 @@ struct Live {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("home", &self.home.host_path()).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("home", &self.home.host_path())
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,7 +167,9 @@ impl Context {
         }
         for (key, value) in &options.env {
             if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
-                return Err(Error::InvalidInput(format!("invalid environment variable {key:?}")));
+                return Err(Error::InvalidInput(format!(
+                    "invalid environment variable {key:?}"
+                )));
             }
         }
         let slot = engine.acquire_slot()?;
@@ -176,7 +184,10 @@ impl Context {
                     .prefix("codebox-home-")
                     .tempdir()
                     .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
-                (HomeDir::new(dir.path(), options.limits.disk_bytes)?, Some(dir))
+                (
+                    HomeDir::new(dir.path(), options.limits.disk_bytes)?,
+                    Some(dir),
+                )
             }
         };
         let mut state = State {
@@ -191,7 +202,11 @@ impl Context {
             _slot: slot,
         };
         state.live = Some(state.start().await?);
-        Ok(Context { state: tokio::sync::Mutex::new(state), home, limits: options.limits })
+        Ok(Context {
+            state: tokio::sync::Mutex::new(state),
+            home,
+            limits: options.limits,
+        })
     }
 
     /// Runs `code` (or an [`ExecuteRequest`]) and returns what it produced.
@@ -207,7 +222,9 @@ impl Context {
             )));
         }
         if request.timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::InvalidInput("timeout must be greater than zero".into()));
+            return Err(Error::InvalidInput(
+                "timeout must be greater than zero".into(),
+            ));
         }
         let mut state = self.state.lock().await;
         state.execute(request).await
@@ -252,12 +269,19 @@ impl State {
         for (key, value) in &self.options.env {
             wasi.env(key, value);
         }
-        let preopen = |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
-            let perms = if write { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-            wasi.preopened_dir(host, guest, perms).map(|_| ()).map_err(|e| {
-                Error::internal(format!("mounting {} at {guest}: {e:#}", host.display()))
-            })
-        };
+        let preopen =
+            |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
+                let perms = if write {
+                    FsPerms::ReadWrite
+                } else {
+                    FsPerms::ReadOnly
+                };
+                wasi.preopened_dir(host, guest, perms)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        Error::internal(format!("mounting {} at {guest}: {e:#}", host.display()))
+                    })
+            };
         // The order matters to the runtime: stdlib, matplotlib data, /tmp, then home.
         preopen(&mut wasi, &files.lib_dir, "/usr/local/lib", false)?;
         preopen(
@@ -271,11 +295,20 @@ impl State {
 
         let state = HostState {
             wasi: wasi.build_p1(),
-            memory: MemoryLimiter { limit: limits.memory_bytes as usize, refused: false },
-            door: Door { code: KERNEL_SOURCE.to_string(), ..Door::default() },
+            memory: MemoryLimiter {
+                limit: limits.memory_bytes as usize,
+                refused: false,
+            },
+            door: Door {
+                code: KERNEL_SOURCE.to_string(),
+                ..Door::default()
+            },
             quota: DiskQuota::new(
                 limits.disk_bytes,
-                vec![self.home.host_path().to_path_buf(), self.tmp.path().to_path_buf()],
+                vec![
+                    self.home.host_path().to_path_buf(),
+                    self.tmp.path().to_path_buf(),
+                ],
             ),
             deadline: Instant::now() + Duration::from_secs(60),
             forward: None,
@@ -294,7 +327,11 @@ impl State {
             store.set_fuel(u64::MAX).map_err(Error::internal)?;
         }
 
-        let instance = inner.python.instantiate_async(&mut store).await.map_err(Error::internal)?;
+        let instance = inner
+            .python
+            .instantiate_async(&mut store)
+            .await
+            .map_err(Error::internal)?;
         let func = |store: &mut Store<HostState>, name: &str| {
             instance
                 .get_func(&mut *store, name)
@@ -307,17 +344,37 @@ impl State {
                 .await
                 .map_err(Error::internal)?;
         }
-        let turn = func(&mut store, "turn")?.typed(&store).map_err(Error::internal)?;
-        let alloc = func(&mut store, "host_alloc")?.typed(&store).map_err(Error::internal)?;
+        let turn = func(&mut store, "turn")?
+            .typed(&store)
+            .map_err(Error::internal)?;
+        let alloc = func(&mut store, "host_alloc")?
+            .typed(&store)
+            .map_err(Error::internal)?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| Error::Internal("the runtime exports no memory".into()))?;
-        inner.writes.bind(&mut store, memory).await.map_err(Error::internal)?;
-        let mut live = Live { store, turn, alloc, memory };
+        inner
+            .writes
+            .bind(&mut store, memory)
+            .await
+            .map_err(Error::internal)?;
+        let mut live = Live {
+            store,
+            turn,
+            alloc,
+            memory,
+        };
 
-        self.capture.lock().unwrap_or_else(|e| e.into_inner()).start(64 << 10, None);
+        self.capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start(64 << 10, None);
         let status = live.turn(BOOT_TURN).await;
-        let boot_output = self.capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        let boot_output = self
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish();
         match status {
             Ok(0) if live.store.data().door.error.is_none() => Ok(live),
             other => Err(Error::Internal(format!(
@@ -344,13 +401,18 @@ impl State {
         {
             let data = live.store.data_mut();
             data.deadline = deadline;
-            data.door = Door { code: request.code, ..Door::default() };
+            data.door = Door {
+                code: request.code,
+                ..Door::default()
+            };
             data.memory.refused = false;
             data.quota.resync();
         }
         live.store.set_epoch_deadline(1);
         if metered {
-            live.store.set_fuel(fuel_budget.unwrap_or(u64::MAX)).map_err(Error::internal)?;
+            live.store
+                .set_fuel(fuel_budget.unwrap_or(u64::MAX))
+                .map_err(Error::internal)?;
         }
         self.capture
             .lock()
@@ -359,8 +421,16 @@ impl State {
         self.executions += 1;
 
         let outcome = tokio::time::timeout_at(deadline.into(), live.turn(RUN_TURN)).await;
-        let fuel_left = if metered { live.store.get_fuel().ok() } else { None };
-        let output = self.capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        let fuel_left = if metered {
+            live.store.get_fuel().ok()
+        } else {
+            None
+        };
+        let output = self
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish();
         let data = live.store.data_mut();
         let door = std::mem::take(&mut data.door);
         let memory_refused = data.memory.refused;
@@ -390,7 +460,12 @@ impl State {
                     } else {
                         ErrorKind::Exception
                     };
-                    ExecutionError { kind, name: e.name, value: e.value, traceback: e.traceback }
+                    ExecutionError {
+                        kind,
+                        name: e.name,
+                        value: e.value,
+                        traceback: e.traceback,
+                    }
                 });
                 if let Some(fault) = door.fault {
                     execution.error = Some(ExecutionError {
@@ -406,13 +481,16 @@ impl State {
                 execution.exit_status = Some(status & 0xFF);
             }
             Ok(Ok(status)) => {
-                execution.error = Some(crashed(format!("the interpreter is unusable (status {status})")));
+                execution.error = Some(crashed(format!(
+                    "the interpreter is unusable (status {status})"
+                )));
             }
             Ok(Err(error)) => {
                 if let Some(exit) = error.downcast_ref::<I32Exit>() {
                     execution.exit_status = Some(exit.0);
                 } else {
-                    execution.error = Some(trap_error(&error, timeout, fuel_budget, memory_refused));
+                    execution.error =
+                        Some(trap_error(&error, timeout, fuel_budget, memory_refused));
                 }
             }
         }
@@ -435,7 +513,8 @@ impl Live {
     async fn turn(&mut self, source: &str) -> wasmtime::Result<i32> {
         let len = i32::try_from(source.len())?;
         let ptr = self.alloc.call_async(&mut self.store, len).await?;
-        self.memory.write(&mut self.store, ptr as u32 as usize, source.as_bytes())?;
+        self.memory
+            .write(&mut self.store, ptr as u32 as usize, source.as_bytes())?;
         self.turn.call_async(&mut self.store, (ptr, len)).await
     }
 }
@@ -501,5 +580,9 @@ fn first_line(error: &wasmtime::Error) -> String {
 
 fn human_duration(d: Duration) -> String {
     let secs = d.as_secs_f64();
-    if secs < 1.0 { format!("{} ms", d.as_millis()) } else { format!("{secs:.3} s").replace(".000", "") }
+    if secs < 1.0 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{secs:.3} s").replace(".000", "")
+    }
 }

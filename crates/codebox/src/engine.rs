@@ -93,8 +93,12 @@ impl EngineBuilder {
     /// module, compiling it once if the cache has none (about a minute). Blocking; call it
     /// from `spawn_blocking` inside an async runtime.
     pub fn build(self) -> Result<Engine, Error> {
-        let cache_dir = self.cache_dir.clone().unwrap_or_else(fsutil::default_cache_dir);
-        let wasm_engine = wasmtime::Engine::new(&self.wasmtime_config()).map_err(Error::internal)?;
+        let cache_dir = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(fsutil::default_cache_dir);
+        let wasm_engine =
+            wasmtime::Engine::new(&self.wasmtime_config()).map_err(Error::internal)?;
 
         let manifest = Manifest::python();
         let runtimes = runtime::runtimes_dir(&cache_dir);
@@ -221,7 +225,9 @@ impl Engine {
         let limit = self.inner.max_contexts;
         self.inner
             .live_contexts
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .map_err(|_| Error::TooManyContexts { limit })?;
         Ok(ContextSlot(self.inner.clone()))
     }

@@ -44,7 +44,10 @@ pub struct Execution {
 impl Execution {
     /// The text of the main result (the last expression's value), if there is one.
     pub fn text(&self) -> Option<&str> {
-        self.results.iter().find(|r| r.is_main_result).and_then(DisplayData::text)
+        self.results
+            .iter()
+            .find(|r| r.is_main_result)
+            .and_then(DisplayData::text)
     }
 
     /// The execution finished without an error.

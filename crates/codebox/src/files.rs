@@ -89,8 +89,13 @@ impl HomeDir {
         };
         let dir = self.dir()?;
         let existing = dir.symlink_metadata(&rel).map(|m| m.len()).unwrap_or(0);
-        let room = self.quota_bytes.saturating_sub(tree_size(&self.root).saturating_sub(existing));
-        let quota = || Error::DiskQuota { path: path.to_string(), quota_bytes: self.quota_bytes };
+        let room = self
+            .quota_bytes
+            .saturating_sub(tree_size(&self.root).saturating_sub(existing));
+        let quota = || Error::DiskQuota {
+            path: path.to_string(),
+            quota_bytes: self.quota_bytes,
+        };
         if len > room {
             return Err(quota());
         }
@@ -98,7 +103,11 @@ impl HomeDir {
         if let Some(parent) = parent {
             dir.create_dir_all(parent).map_err(|e| fs_error(path, e))?;
         }
-        let tmp_name = format!(".{}.codebox-upload-{}", name.to_string_lossy(), unique_suffix());
+        let tmp_name = format!(
+            ".{}.codebox-upload-{}",
+            name.to_string_lossy(),
+            unique_suffix()
+        );
         let tmp = parent.map_or_else(|| PathBuf::from(&tmp_name), |p| p.join(&tmp_name));
         let result = (|| {
             let mut file = dir.create(&tmp).map_err(|e| fs_error(path, e))?;
@@ -179,7 +188,9 @@ impl HomeDir {
     /// Creates the directory `path` and its parents; fine if it exists.
     pub fn make_dir(&self, path: &str) -> Result<(), Error> {
         let rel = guest_relative(path)?;
-        self.dir()?.create_dir_all(&rel).map_err(|e| fs_error(path, e))
+        self.dir()?
+            .create_dir_all(&rel)
+            .map_err(|e| fs_error(path, e))
     }
 
     /// Removes the file or directory (with its contents) at `path`.
@@ -270,7 +281,10 @@ fn guest_path(rel: &Path) -> String {
 fn invalid(path: &str, reason: &'static str) -> Error {
     // Keep error messages bounded even for absurd input.
     let shown: String = path.chars().take(200).collect();
-    Error::InvalidPath { path: shown, reason }
+    Error::InvalidPath {
+        path: shown,
+        reason,
+    }
 }
 
 fn fs_error(path: &str, e: std::io::Error) -> Error {
@@ -278,14 +292,21 @@ fn fs_error(path: &str, e: std::io::Error) -> Error {
         std::io::ErrorKind::NotFound => Error::NotFound(path.chars().take(200).collect()),
         // cap-std reports an attempt to leave the directory (through a symlink) this way.
         std::io::ErrorKind::PermissionDenied => invalid(path, "leads outside /home/user"),
-        _ => Error::io(&PathBuf::from(GUEST_HOME).join(path.trim_start_matches('/')), e),
+        _ => Error::io(
+            &PathBuf::from(GUEST_HOME).join(path.trim_start_matches('/')),
+            e,
+        ),
     }
 }
 
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Bytes of the regular files under `root`, not following symlinks.
@@ -293,7 +314,9 @@ pub(crate) fn tree_size(root: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
@@ -315,7 +338,15 @@ mod tests {
         assert_eq!(guest_relative("a/b.csv").unwrap(), PathBuf::from("a/b.csv"));
         assert_eq!(guest_relative("/home/user/a").unwrap(), PathBuf::from("a"));
         assert_eq!(guest_relative("./a/./b").unwrap(), PathBuf::from("a/b"));
-        for bad in ["../x", "a/../../x", "/etc/passwd", "/home/username/x", "a\0b", "", "/home/user"] {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "/home/username/x",
+            "a\0b",
+            "",
+            "/home/user",
+        ] {
             assert!(guest_relative(bad).is_err(), "{bad:?} accepted");
         }
         assert!(guest_relative(&"a/".repeat(3000)).is_err());
@@ -333,7 +364,10 @@ mod tests {
         assert_eq!(list[0].path, "/home/user/d/a.txt");
         assert_eq!(list[0].size, 5);
         // Over quota: refused, the old contents stay.
-        assert!(matches!(home.write("d/a.txt", &[0; 101]), Err(Error::DiskQuota { .. })));
+        assert!(matches!(
+            home.write("d/a.txt", &[0; 101]),
+            Err(Error::DiskQuota { .. })
+        ));
         assert_eq!(home.read("d/a.txt").unwrap(), b"hello");
         // Replacing a file counts only the difference.
         home.write("d/a.txt", &[1; 100]).unwrap();
@@ -349,7 +383,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let home = HomeDir::new(tmp.path().join("home"), 1 << 20).unwrap();
         std::fs::write(tmp.path().join("secret"), b"s").unwrap();
-        std::os::unix::fs::symlink(tmp.path().join("secret"), home.host_path().join("link")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), home.host_path().join("link"))
+            .unwrap();
         std::os::unix::fs::symlink("..", home.host_path().join("up")).unwrap();
         assert!(home.read("link").is_err());
         assert!(home.read("up/secret").is_err());

@@ -42,7 +42,11 @@ impl Drop for FileLock {
 /// The per-user cache directory: `CODEBOX_CACHE_DIR`, else `$XDG_CACHE_HOME/codebox`, else
 /// `$HOME/.cache/codebox`.
 pub(crate) fn default_cache_dir() -> PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = var("CODEBOX_CACHE_DIR") {
         return dir;
     }

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use wasmtime::error::Context as _;
-use wasmtime::{Result, format_err};
 use serde::Deserialize;
+use wasmtime::error::Context as _;
 use wasmtime::{Caller, Extern, Linker, Memory, ResourceLimiter, TypedFunc};
+use wasmtime::{Result, format_err};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 use crate::execution::DisplayData;
@@ -43,13 +43,23 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         let ok = desired <= self.limit;
         self.refused |= !ok;
         Ok(ok)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -95,7 +105,10 @@ impl Door {
         match request {
             Request::Code => Ok(std::mem::take(&mut self.code).into_bytes()),
             Request::Result { data, main } => {
-                self.results.push(DisplayData { data, is_main_result: main });
+                self.results.push(DisplayData {
+                    data,
+                    is_main_result: main,
+                });
                 Ok(Vec::new())
             }
             Request::Error(error) => {
@@ -121,7 +134,13 @@ pub(crate) struct DiskQuota {
 
 impl DiskQuota {
     pub(crate) fn new(limit: u64, dirs: Vec<PathBuf>) -> DiskQuota {
-        DiskQuota { limit, dirs, estimate: 0, last_walk: None, refused: false }
+        DiskQuota {
+            limit,
+            dirs,
+            estimate: 0,
+            last_walk: None,
+            refused: false,
+        }
     }
 
     /// Measures usage afresh; called at the start of each execution.
@@ -138,7 +157,9 @@ impl DiskQuota {
             return true;
         }
         // Re-measure, but not more than every 100 ms when a guest keeps knocking.
-        let stale = self.last_walk.is_none_or(|t| t.elapsed() > Duration::from_millis(100));
+        let stale = self
+            .last_walk
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(100));
         if stale {
             self.resync();
             if self.estimate.saturating_add(bytes) <= self.limit {
@@ -153,35 +174,55 @@ impl DiskQuota {
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     wasmtime_wasi::p1::add_to_linker_async(linker, |s| &mut s.wasi)?;
-    linker.func_wrap_async("host", "call", |mut caller: Caller<'_, HostState>, args: (i32, i32, i32, i32)| {
-        Box::new(async move { door_call(&mut caller, args).await })
-    })?;
+    linker.func_wrap_async(
+        "host",
+        "call",
+        |mut caller: Caller<'_, HostState>, args: (i32, i32, i32, i32)| {
+            Box::new(async move { door_call(&mut caller, args).await })
+        },
+    )?;
 
     // Writes go through the quota check first, then on to WASI through `WriteForwarding`.
     linker.allow_shadowing(true);
     linker.func_wrap_async(
         "wasi_snapshot_preview1",
         "fd_write",
-        |mut caller: Caller<'_, HostState>, (fd, iovs, iovs_len, nwritten): (i32, i32, i32, i32)| {
+        |mut caller: Caller<'_, HostState>,
+         (fd, iovs, iovs_len, nwritten): (i32, i32, i32, i32)| {
             Box::new(async move {
                 if !admit_iovs(&mut caller, iovs, iovs_len)? {
                     return Ok(ERRNO_NOSPC);
                 }
-                let f = caller.data().forward.as_ref().context("writes are forwarded")?.write.clone();
-                f.call_async(&mut caller, (fd, iovs, iovs_len, nwritten)).await
+                let f = caller
+                    .data()
+                    .forward
+                    .as_ref()
+                    .context("writes are forwarded")?
+                    .write
+                    .clone();
+                f.call_async(&mut caller, (fd, iovs, iovs_len, nwritten))
+                    .await
             })
         },
     )?;
     linker.func_wrap_async(
         "wasi_snapshot_preview1",
         "fd_pwrite",
-        |mut caller: Caller<'_, HostState>, (fd, iovs, iovs_len, offset, nwritten): (i32, i32, i32, i64, i32)| {
+        |mut caller: Caller<'_, HostState>,
+         (fd, iovs, iovs_len, offset, nwritten): (i32, i32, i32, i64, i32)| {
             Box::new(async move {
                 if !admit_iovs(&mut caller, iovs, iovs_len)? {
                     return Ok(ERRNO_NOSPC);
                 }
-                let f = caller.data().forward.as_ref().context("writes are forwarded")?.pwrite.clone();
-                f.call_async(&mut caller, (fd, iovs, iovs_len, offset, nwritten)).await
+                let f = caller
+                    .data()
+                    .forward
+                    .as_ref()
+                    .context("writes are forwarded")?
+                    .pwrite
+                    .clone();
+                f.call_async(&mut caller, (fd, iovs, iovs_len, offset, nwritten))
+                    .await
             })
         },
     )?;
@@ -219,7 +260,11 @@ impl WriteForwarding {
     }
 
     /// Instantiates the shim over `memory` (the interpreter's) in `store`.
-    pub(crate) async fn bind(&self, store: &mut wasmtime::Store<HostState>, memory: Memory) -> Result<()> {
+    pub(crate) async fn bind(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        memory: Memory,
+    ) -> Result<()> {
         let mut linker = Linker::new(store.engine());
         linker.define(&mut *store, "env", "memory", memory)?;
         for name in ["fd_write", "fd_pwrite"] {
@@ -255,7 +300,9 @@ fn admit_iovs(caller: &mut Caller<'_, HostState>, iovs: i32, iovs_len: i32) -> R
     let mut total = 0u64;
     for i in 0..(iovs_len as u32 as usize).min(1024) {
         let at = iovs as u32 as usize + i * 8 + 4;
-        let Some(bytes) = data.get(at..at + 4) else { break };
+        let Some(bytes) = data.get(at..at + 4) else {
+            break;
+        };
         total += u32::from_le_bytes(bytes.try_into().expect("4 bytes")) as u64;
     }
     Ok(caller.data_mut().quota.admit(total))
@@ -263,7 +310,10 @@ fn admit_iovs(caller: &mut Caller<'_, HostState>, iovs: i32, iovs_len: i32) -> R
 
 /// `host.call(req_ptr, req_len, out_ptr_ptr, out_len_ptr) -> i32`: the guest sends a request
 /// and gets the answer in memory it allocates with its `host_alloc` export.
-async fn door_call(caller: &mut Caller<'_, HostState>, (ptr, len, out_ptr_ptr, out_len_ptr): (i32, i32, i32, i32)) -> Result<i32> {
+async fn door_call(
+    caller: &mut Caller<'_, HostState>,
+    (ptr, len, out_ptr_ptr, out_len_ptr): (i32, i32, i32, i32),
+) -> Result<i32> {
     let memory = guest_memory(caller)?;
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
     let (out_ptr_ptr, out_len_ptr) = (out_ptr_ptr as u32 as usize, out_len_ptr as u32 as usize);
@@ -272,8 +322,9 @@ async fn door_call(caller: &mut Caller<'_, HostState>, (ptr, len, out_ptr_ptr, o
         return Ok(DOOR_FAULT);
     }
     if len > MAX_DOOR_REQUEST {
-        caller.data_mut().door.fault =
-            Some(format!("a report of {len} bytes is over the {MAX_DOOR_REQUEST}-byte limit"));
+        caller.data_mut().door.fault = Some(format!(
+            "a report of {len} bytes is over the {MAX_DOOR_REQUEST}-byte limit"
+        ));
         return Ok(DOOR_FAULT);
     }
     let answer = {
@@ -301,6 +352,10 @@ async fn door_call(caller: &mut Caller<'_, HostState>, (ptr, len, out_ptr_ptr, o
         memory.write(&mut *caller, at, &answer)?;
     }
     memory.write(&mut *caller, out_ptr_ptr, &(at as u32).to_le_bytes())?;
-    memory.write(&mut *caller, out_len_ptr, &(answer.len() as u32).to_le_bytes())?;
+    memory.write(
+        &mut *caller,
+        out_len_ptr,
+        &(answer.len() as u32).to_le_bytes(),
+    )?;
     Ok(DOOR_OK)
 }

@@ -99,7 +99,14 @@ mod tests {
         assert_eq!(l.timeout, Duration::from_millis(1500));
         assert_eq!(l.memory_bytes, Limits::default().memory_bytes);
         assert!(serde_json::from_str::<Limits>(r#"{"timeout": 1}"#).is_err());
-        assert!(Limits { memory_bytes: 1, ..Limits::default() }.validate().is_err());
+        assert!(
+            Limits {
+                memory_bytes: 1,
+                ..Limits::default()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(Limits::default().validate().is_ok());
     }
 }

@@ -65,8 +65,12 @@ pub(crate) fn load_or_compile(
         .map_err(|e| Error::internal(format!("compiling {name}: {e:#}")))?;
     drop(wasm);
     write_atomically(dir, &path, &bytes)?;
-    try_load(engine, &path)
-        .ok_or_else(|| Error::Internal(format!("{} cannot be loaded after compiling", path.display())))
+    try_load(engine, &path).ok_or_else(|| {
+        Error::Internal(format!(
+            "{} cannot be loaded after compiling",
+            path.display()
+        ))
+    })
 }
 
 /// Loads a cached module; a file that is missing, truncated or made for another engine is

@@ -44,7 +44,11 @@ pub(crate) type SharedCapture = Arc<Mutex<Capture>>;
 
 impl Capture {
     pub(crate) fn start(&mut self, limit: usize, on_output: Option<OutputCallback>) {
-        *self = Capture { limit, on_output, ..Capture::default() };
+        *self = Capture {
+            limit,
+            on_output,
+            ..Capture::default()
+        };
     }
 
     pub(crate) fn finish(&mut self) -> Captured {
@@ -152,7 +156,11 @@ impl StdoutStream for GuestStream {
 }
 
 impl AsyncWrite for GuestStream {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let (chunk, callback) = {
             let mut capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
             let chunk = capture.write(self.stream, buf);

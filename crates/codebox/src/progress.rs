@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 /// Where progress lines go. The default writes them to stderr, prefixed with `codebox:`.
 #[derive(Clone)]
-pub struct Progress(Option<Arc<dyn Fn(&str) + Send + Sync>>);
+pub struct Progress(Option<ProgressSink>);
+
+type ProgressSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Progress {
     /// Progress lines on stderr.
@@ -51,7 +53,10 @@ impl Progress {
         let out = work();
         drop(done_tx);
         let _ = ticker.join();
-        sink(&format!("{what}: done in {:.1} s", start.elapsed().as_secs_f64()));
+        sink(&format!(
+            "{what}: done in {:.1} s",
+            start.elapsed().as_secs_f64()
+        ));
         out
     }
 }
@@ -64,6 +69,10 @@ impl Default for Progress {
 
 impl fmt::Debug for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "Progress(on)" } else { "Progress(silent)" })
+        f.write_str(if self.0.is_some() {
+            "Progress(on)"
+        } else {
+            "Progress(silent)"
+        })
     }
 }

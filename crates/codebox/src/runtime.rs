@@ -64,7 +64,10 @@ impl Manifest {
     }
 
     fn file(&self, name: &str) -> &FileEntry {
-        self.files.iter().find(|f| f.file == name).expect("manifest names the file")
+        self.files
+            .iter()
+            .find(|f| f.file == name)
+            .expect("manifest names the file")
     }
 }
 
@@ -190,16 +193,29 @@ pub(crate) fn install(
         progress.step(&format!("extracting {}", tree.dir));
         extract_tree(&dir, tree)?;
     }
-    progress.step(&format!("installed {} in {}", manifest.dir_name(), dir.display()));
+    progress.step(&format!(
+        "installed {} in {}",
+        manifest.dir_name(),
+        dir.display()
+    ));
     Ok(dir)
 }
 
 fn pip_download(manifest: &Manifest, dest: &Path, progress: &Progress) -> Result<PathBuf, Error> {
     let python = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".into());
     let spec = format!("{}=={}", manifest.package, manifest.version);
-    progress.step(&format!("downloading {spec} with {python} -m pip (about 100 MB)"));
+    progress.step(&format!(
+        "downloading {spec} with {python} -m pip (about 100 MB)"
+    ));
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+        ])
         .arg(dest)
         .arg(&spec)
         .stdin(Stdio::null())
@@ -239,7 +255,10 @@ fn extract_tree(dir: &Path, tree: &TreeEntry) -> Result<(), Error> {
         .read_to_end(&mut inner_bytes)
         .map_err(|e| Error::io(&container_path, e))?;
     if hex_sha256(&inner_bytes) != tree.sha256 {
-        return Err(corrupt(&container_path, format!("{} has the wrong sha256", tree.member)));
+        return Err(corrupt(
+            &container_path,
+            format!("{} has the wrong sha256", tree.member),
+        ));
     }
     let mut inner = zip::ZipArchive::new(io::Cursor::new(inner_bytes))
         .map_err(|e| corrupt(&container_path, e.to_string()))?;
@@ -247,9 +266,14 @@ fn extract_tree(dir: &Path, tree: &TreeEntry) -> Result<(), Error> {
     // Unpack next to the final place, check the digest, then swap it in.
     let staging = tempfile::tempdir_in(dir).map_err(|e| Error::io(dir, e))?;
     for i in 0..inner.len() {
-        let mut file = inner.by_index(i).map_err(|e| corrupt(&container_path, e.to_string()))?;
+        let mut file = inner
+            .by_index(i)
+            .map_err(|e| corrupt(&container_path, e.to_string()))?;
         let Some(rel) = file.enclosed_name() else {
-            return Err(corrupt(&container_path, format!("unsafe path {}", file.name())));
+            return Err(corrupt(
+                &container_path,
+                format!("unsafe path {}", file.name()),
+            ));
         };
         let out = staging.path().join(rel);
         if file.is_dir() {
@@ -264,7 +288,10 @@ fn extract_tree(dir: &Path, tree: &TreeEntry) -> Result<(), Error> {
     }
     let digest = tree_digest(staging.path()).map_err(|e| Error::io(staging.path(), e))?;
     if digest != tree.tree_sha256 {
-        return Err(corrupt(&container_path, format!("{} unpacked wrongly", tree.member)));
+        return Err(corrupt(
+            &container_path,
+            format!("{} unpacked wrongly", tree.member),
+        ));
     }
     let target = dir.join(&tree.dir);
     if target.exists() {
@@ -318,10 +345,14 @@ fn write_verified(target: &Path, reader: &mut impl Read, sha256: &str) -> Result
         tmp.write_all(&buf[..n]).map_err(|e| Error::io(target, e))?;
     }
     if hex(&hasher.finalize()) != sha256 {
-        return Err(corrupt(target, "the extracted file has the wrong sha256".into()));
+        return Err(corrupt(
+            target,
+            "the extracted file has the wrong sha256".into(),
+        ));
     }
     tmp.as_file().sync_all().map_err(|e| Error::io(target, e))?;
-    tmp.persist(target).map_err(|e| Error::io(target, e.error))?;
+    tmp.persist(target)
+        .map_err(|e| Error::io(target, e.error))?;
     Ok(())
 }
 
@@ -330,7 +361,10 @@ fn check_file(path: &Path, sha256: &str) -> Result<(), Error> {
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
     if hex(&hasher.finalize()) != sha256 {
-        return Err(corrupt(path, "its sha256 does not match the pinned manifest".into()));
+        return Err(corrupt(
+            path,
+            "its sha256 does not match the pinned manifest".into(),
+        ));
     }
     Ok(())
 }
@@ -341,7 +375,10 @@ fn open_zip(path: &Path) -> Result<zip::ZipArchive<File>, Error> {
 }
 
 fn corrupt(path: &Path, reason: String) -> Error {
-    Error::RuntimeCorrupt { path: path.to_path_buf(), reason }
+    Error::RuntimeCorrupt {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
@@ -373,7 +410,9 @@ fn describe(root: &Path, manifest: &Manifest) -> InstalledRuntime {
         package: manifest.package.clone(),
         version: manifest.version.clone(),
         dir: root.join(manifest.dir_name()),
-        problem: RuntimeFiles::open(root, manifest).err().map(|e| e.to_string()),
+        problem: RuntimeFiles::open(root, manifest)
+            .err()
+            .map(|e| e.to_string()),
     }
 }
 
@@ -386,7 +425,8 @@ pub fn install_runtimes(
     wheel: Option<&Path>,
     progress: &Progress,
 ) -> Result<Vec<InstalledRuntime>, Error> {
-    let root = runtimes_dir(&cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf));
+    let root =
+        runtimes_dir(&cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf));
     let manifest = Manifest::python();
     if wheel.is_some() || RuntimeFiles::open(&root, &manifest).is_err() {
         install(&root, &manifest, wheel, progress)?;
@@ -396,7 +436,8 @@ pub fn install_runtimes(
 
 /// Every pinned runtime and whether it is installed and intact.
 pub fn installed_runtimes(cache_dir: Option<&Path>) -> Vec<InstalledRuntime> {
-    let root = runtimes_dir(&cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf));
+    let root =
+        runtimes_dir(&cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf));
     vec![describe(&root, &Manifest::python())]
 }
 
