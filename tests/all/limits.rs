@@ -201,3 +201,15 @@ async fn invalid_limits_are_refused() {
         .unwrap_err();
     assert!(matches!(err, codebox::Error::InvalidInput(_)));
 }
+
+#[tokio::test]
+async fn a_cancelled_execution_leaves_a_working_context() {
+    let ctx = context().await;
+    ok(&ctx, "before = 1").await;
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(300), ctx.execute("while True: pass")).await;
+    assert!(cancelled.is_err(), "the caller gave up");
+    let run = ok(&ctx, "2 * 21").await;
+    assert_eq!(run.text(), Some("42"));
+    assert_eq!(run.execution_count, 1, "the context started afresh");
+}

@@ -121,6 +121,9 @@ impl From<String> for ExecuteRequest {
 /// A live Python interpreter. Variables, imports and files persist between executions;
 /// executions on one context run one at a time, in the order they were called. Dropping the
 /// context frees its instance (and its private directories).
+///
+/// Dropping an `execute` future before it completes abandons that execution; the context then
+/// starts afresh (like a timeout) before its next execution.
 pub struct Context {
     state: tokio::sync::Mutex<State>,
     home: HomeDir,
@@ -137,6 +140,9 @@ struct State {
     _own_home: Option<tempfile::TempDir>,
     capture: SharedCapture,
     live: Option<Live>,
+    /// An execution is running in `live`. Still true at the start of the next one means the
+    /// previous call was cancelled (its future dropped) mid-turn: that instance is unusable.
+    in_flight: bool,
     executions: u64,
     _slot: ContextSlot,
 }
@@ -198,6 +204,7 @@ impl Context {
             _own_home: own_home,
             capture: Arc::new(Mutex::new(Capture::default())),
             live: None,
+            in_flight: false,
             executions: 0,
             _slot: slot,
         };
@@ -239,6 +246,9 @@ impl Context {
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
+
+    /// Closes the context and frees its instance (dropping it does the same).
+    pub fn close(self) {}
 
     /// Throws away all interpreter state and starts afresh (files are kept).
     pub async fn restart(&self) -> Result<(), Error> {
@@ -385,8 +395,11 @@ impl State {
     }
 
     async fn execute(&mut self, request: ExecuteRequest) -> Result<Execution, Error> {
+        if std::mem::take(&mut self.in_flight) {
+            self.live = None;
+        }
         if self.live.is_none() {
-            // The last restart failed; try again now.
+            // The last restart failed or the last execution was cancelled; start afresh.
             self.executions = 0;
             self.live = Some(self.start().await?);
         }
@@ -406,7 +419,7 @@ impl State {
                 ..Door::default()
             };
             data.memory.refused = false;
-            data.quota.resync();
+            data.quota.start_execution();
         }
         live.store.set_epoch_deadline(1);
         if metered {
@@ -420,7 +433,9 @@ impl State {
             .start(limits.output_bytes, request.on_output);
         self.executions += 1;
 
+        self.in_flight = true;
         let outcome = tokio::time::timeout_at(deadline.into(), live.turn(RUN_TURN)).await;
+        self.in_flight = false;
         let fuel_left = if metered {
             live.store.get_fuel().ok()
         } else {

@@ -143,11 +143,23 @@ impl DiskQuota {
         }
     }
 
-    /// Measures usage afresh; called at the start of each execution.
-    pub(crate) fn resync(&mut self) {
+    /// Measures usage afresh.
+    fn resync(&mut self) {
         self.estimate = self.dirs.iter().map(|d| crate::files::tree_size(d)).sum();
         self.last_walk = Some(Instant::now());
+    }
+
+    /// Called before each execution. Files may have changed since the last walk (uploads,
+    /// other contexts sharing the home directory), so re-measure, but at most once a second:
+    /// walking a large directory on every tiny execution would cost more than the execution.
+    pub(crate) fn start_execution(&mut self) {
         self.refused = false;
+        if self
+            .last_walk
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
+            self.resync();
+        }
     }
 
     /// Whether `bytes` more may be written.

@@ -102,3 +102,66 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), Error> 
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    const WAT: &str = r#"(module (func (export "answer") (result i32) i32.const 42))"#;
+
+    fn load(engine: &wasmtime::Engine, dir: &Path, compiles: &Cell<u32>) -> Module {
+        let key = cache_key(engine, "test-module");
+        load_or_compile(engine, dir, "test", &key, &Progress::silent(), || {
+            compiles.set(compiles.get() + 1);
+            Ok(WAT.as_bytes().to_vec())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn compiles_once_then_loads_and_recompiles_a_damaged_file() {
+        let engine = wasmtime::Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let compiles = Cell::new(0);
+        load(&engine, dir.path(), &compiles);
+        load(&engine, dir.path(), &compiles);
+        assert_eq!(compiles.get(), 1, "the second load comes from the cache");
+
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        load(&engine, dir.path(), &compiles);
+        assert_eq!(
+            compiles.get(),
+            2,
+            "a truncated file is recompiled, not trusted"
+        );
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+    }
+
+    #[test]
+    fn the_key_depends_on_the_engine_settings() {
+        let plain = wasmtime::Engine::default();
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        let metered = wasmtime::Engine::new(&config).unwrap();
+        assert_ne!(cache_key(&plain, "m"), cache_key(&metered, "m"));
+        assert_ne!(cache_key(&plain, "m"), cache_key(&plain, "n"));
+        assert_eq!(
+            cache_key(&plain, "m"),
+            cache_key(&wasmtime::Engine::default(), "m")
+        );
+    }
+}
