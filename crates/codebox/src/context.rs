@@ -24,6 +24,10 @@ const BOOT_TURN: &str = "(lambda m: exec(compile(__import__('_host').call(b'{\"o
 /// Runs one cell; the kernel fetches the code through the door.
 const RUN_TURN: &str = "__import__('_codebox_kernel').run()";
 
+/// matplotlib's config and cache directory inside the guest; a prebuilt font cache is copied
+/// there so the first plot does not rebuild it.
+pub(crate) const MPL_CONFIG_DIR: &str = "/tmp/.matplotlib";
+
 /// Largest source accepted by [`Context::execute`].
 pub const MAX_CODE_BYTES: usize = 16 << 20;
 
@@ -127,6 +131,7 @@ impl From<String> for ExecuteRequest {
 pub struct Context {
     state: tokio::sync::Mutex<State>,
     home: HomeDir,
+    tmp: std::path::PathBuf,
     limits: Limits,
 }
 
@@ -209,9 +214,11 @@ impl Context {
             _slot: slot,
         };
         state.live = Some(state.start().await?);
+        let tmp = state.tmp.path().to_path_buf();
         Ok(Context {
             state: tokio::sync::Mutex::new(state),
             home,
+            tmp,
             limits: options.limits,
         })
     }
@@ -240,6 +247,11 @@ impl Context {
     /// The context's `/home/user`, for reading and writing files from the host.
     pub fn files(&self) -> &HomeDir {
         &self.home
+    }
+
+    /// The host directory behind the context's private `/tmp`.
+    pub(crate) fn tmp_path(&self) -> &std::path::Path {
+        &self.tmp
     }
 
     /// The limits this context was created with.
@@ -272,7 +284,8 @@ impl State {
             .env("HOME", GUEST_HOME)
             .env("TMPDIR", "/tmp")
             .env("PYTHONTZPATH", "")
-            .env("MPLBACKEND", "Agg")
+            .env("MPLBACKEND", "module://_codebox_mpl_backend")
+            .env("MPLCONFIGDIR", MPL_CONFIG_DIR)
             .stdout(GuestStream::new(self.capture.clone(), Stream::Stdout))
             .stderr(GuestStream::new(self.capture.clone(), Stream::Stderr))
             .allow_blocking_current_thread(true);
@@ -301,6 +314,9 @@ impl State {
             false,
         )?;
         preopen(&mut wasi, self.tmp.path(), "/tmp", true)?;
+        if let Some(Some(fonts)) = inner.mpl_font_cache.get() {
+            copy_font_cache(fonts, self.tmp.path())?;
+        }
         preopen(&mut wasi, self.home.host_path(), GUEST_HOME, true)?;
 
         let state = HostState {
@@ -484,8 +500,8 @@ impl State {
                 });
                 if let Some(fault) = door.fault {
                     execution.error = Some(ExecutionError {
-                        kind: ErrorKind::Crashed,
-                        name: "ReportError".into(),
+                        kind: ErrorKind::InvalidResult,
+                        name: "InvalidResult".into(),
                         value: fault,
                         traceback: String::new(),
                     });
@@ -532,6 +548,24 @@ impl Live {
             .write(&mut self.store, ptr as u32 as usize, source.as_bytes())?;
         self.turn.call_async(&mut self.store, (ptr, len)).await
     }
+}
+
+/// Puts the prebuilt matplotlib font cache into a context's private `/tmp`. A copy, not a
+/// link: the guest may write there.
+fn copy_font_cache(from: &std::path::Path, tmp: &std::path::Path) -> Result<(), Error> {
+    let target = tmp.join(MPL_CONFIG_DIR.trim_start_matches("/tmp/"));
+    if target.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+    for entry in std::fs::read_dir(from)
+        .map_err(|e| Error::io(from, e))?
+        .flatten()
+    {
+        let dest = target.join(entry.file_name());
+        std::fs::copy(entry.path(), &dest).map_err(|e| Error::io(&dest, e))?;
+    }
+    Ok(())
 }
 
 fn timeout_error(timeout: Duration) -> ExecutionError {

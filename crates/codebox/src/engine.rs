@@ -1,8 +1,8 @@
 //! The engine: one configured wasmtime engine, the compiled Python runtime, a ticker thread.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::{
@@ -13,7 +13,7 @@ use crate::context::{Context, ContextOptions};
 use crate::host::{self, HostState};
 use crate::progress::Progress;
 use crate::runtime::{self, Manifest, RuntimeFiles};
-use crate::{Error, fsutil, module_cache};
+use crate::{Error, font_cache, fsutil, module_cache};
 
 /// How often the epoch ticks: the granularity of timeouts and of time slicing between
 /// CPU-bound contexts.
@@ -126,7 +126,7 @@ impl EngineBuilder {
         let writes = host::WriteForwarding::new(&wasm_engine).map_err(Error::internal)?;
 
         start_ticker(&wasm_engine);
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(EngineInner {
                 wasm: wasm_engine,
                 python,
@@ -135,8 +135,12 @@ impl EngineBuilder {
                 max_contexts: self.max_contexts,
                 live_contexts: AtomicUsize::new(0),
                 fuel_metering: self.fuel_metering,
+                mpl_font_cache: OnceLock::new(),
             }),
-        })
+        };
+        let fonts = font_cache::prepare(&engine, &cache_dir, &self.progress);
+        let _ = engine.inner.mpl_font_cache.set(fonts);
+        Ok(engine)
     }
 
     fn wasmtime_config(&self) -> Config {
@@ -182,6 +186,8 @@ pub(crate) struct EngineInner {
     pub max_contexts: usize,
     pub live_contexts: AtomicUsize,
     pub fuel_metering: bool,
+    /// A directory with matplotlib's prebuilt font cache, once it exists.
+    pub mpl_font_cache: OnceLock<Option<PathBuf>>,
 }
 
 impl std::fmt::Debug for Engine {

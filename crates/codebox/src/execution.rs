@@ -115,6 +115,9 @@ pub enum ErrorKind {
     /// The guest crashed (a WebAssembly trap such as a stack overflow). The context was
     /// restarted.
     Crashed,
+    /// The guest sent a result the host refused: over the size cap or malformed. The
+    /// results that were accepted are kept and the context goes on.
+    InvalidResult,
 }
 
 /// Which output stream a chunk came from.

@@ -25,6 +25,7 @@ mod engine;
 mod error;
 mod execution;
 mod files;
+mod font_cache;
 mod fsutil;
 mod host;
 mod limits;
