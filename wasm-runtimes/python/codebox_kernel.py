@@ -12,15 +12,14 @@ Nothing here imports numpy, pandas or matplotlib: they are handled only once the
 has imported them.
 """
 
+# Only modules already loaded in the runtime's snapshot are imported up front: anything else
+# (traceback alone costs ~17 ms) would slow down every context's start.
 import ast
-import base64
 import builtins
 import json
 import linecache
-import math
 import os
 import sys
-import traceback
 import types
 
 import _host
@@ -82,6 +81,12 @@ def _text(value):
         return f"<repr failed: {type(e).__name__}: {e}>"
 
 
+def _b64(data):
+    import binascii
+
+    return binascii.b2a_base64(bytes(data), newline=False).decode("ascii")
+
+
 def _normalise(mime, data):
     """A JSON-safe representation, or None to leave the MIME type out."""
     if isinstance(data, tuple) and data:
@@ -90,7 +95,7 @@ def _normalise(mime, data):
         return None
     if mime in _BINARY or mime.startswith("image/") and isinstance(data, (bytes, bytearray)):
         if isinstance(data, (bytes, bytearray, memoryview)):
-            data = base64.b64encode(bytes(data)).decode("ascii")
+            data = _b64(data)
         elif not isinstance(data, str):
             return None
     elif mime == "application/json" or mime.endswith("+json"):
@@ -176,7 +181,7 @@ def _figure_bundle(fig):
     fig.savefig(buf, format="png")
     bundle = {
         "text/plain": _text(fig),
-        "image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+        "image/png": _b64(buf.getvalue()),
     }
     try:
         chart = _chart(fig)
@@ -215,7 +220,7 @@ def _num(x):
         x = float(x)
     except (TypeError, ValueError):
         return str(x)
-    return x if math.isfinite(x) else None
+    return x if x - x == 0 else None  # None for inf and nan
 
 
 def _axis_info(ax):
@@ -410,6 +415,8 @@ class _KernelModules:
 
 def _user_traceback(exc):
     """The traceback as CPython prints it, without the kernel's own frames."""
+    import traceback
+
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == _KERNEL_FILE:
         tb = tb.tb_next
@@ -422,6 +429,8 @@ def _report_error(exc, compiling=False):
     except BaseException:
         value = "<str failed>"
     errno = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    import traceback
+
     # A cell that does not compile has no frames of its own: show it as CPython does.
     text = (
         "".join(traceback.format_exception_only(type(exc), exc))

@@ -10,16 +10,30 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use crate::engine::{ContextSlot, Engine};
 use crate::execution::{ErrorKind, Execution, ExecutionError};
 use crate::files::{GUEST_HOME, HomeDir};
-use crate::host::{self, DiskQuota, Door, HostState, MemoryLimiter};
+use crate::host::{self, Boot, DiskQuota, Door, HostState, MemoryLimiter};
 use crate::output::{Capture, GuestStream, OutputCallback, SharedCapture};
 use crate::{Error, Limits, Stream};
 
-const KERNEL_SOURCE: &str = include_str!("../../../wasm-runtimes/python/codebox_kernel.py");
+pub(crate) const KERNEL_SOURCE: &str =
+    include_str!("../../../wasm-runtimes/python/codebox_kernel.py");
 
-/// Loads the kernel module from the door (one expression, so the turn echoes nothing).
-const BOOT_TURN: &str = "(lambda m: exec(compile(__import__('_host').call(b'{\"op\":\"code\"}'), \
-    '<codebox-kernel>', 'exec'), m.__dict__) or __import__('sys').modules.__setitem__(\
-    '_codebox_kernel', m))(__import__('types').ModuleType('_codebox_kernel'))";
+/// Loads the kernel module: its bytecode when an earlier context compiled it, else its
+/// source (then compiled here and offered back to the host for later contexts).
+const BOOT_TURN: &str = r#"
+def _codebox_boot():
+    import _host, marshal, sys, types
+    blob = _host.call(b"!kernel")
+    if blob[:1] == b"M":
+        code = marshal.loads(blob[1:])
+    else:
+        code = compile(blob[1:], "<codebox-kernel>", "exec")
+        _host.call(b"!bytecode" + marshal.dumps(code))
+    module = types.ModuleType("_codebox_kernel")
+    sys.modules["_codebox_kernel"] = module
+    exec(code, module.__dict__)
+_codebox_boot()
+del _codebox_boot
+"#;
 
 /// Runs one cell; the kernel fetches the code through the door.
 const RUN_TURN: &str = "__import__('_codebox_kernel').run()";
@@ -326,7 +340,10 @@ impl State {
                 refused: false,
             },
             door: Door {
-                code: KERNEL_SOURCE.to_string(),
+                boot: Some(Boot {
+                    kernel: inner.kernel.clone(),
+                    may_supply_bytecode: self.options.env.is_empty(),
+                }),
                 ..Door::default()
             },
             quota: DiskQuota::new(

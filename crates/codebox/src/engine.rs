@@ -136,6 +136,10 @@ impl EngineBuilder {
                 live_contexts: AtomicUsize::new(0),
                 fuel_metering: self.fuel_metering,
                 mpl_font_cache: OnceLock::new(),
+                kernel: Arc::new(host::KernelCode {
+                    source: crate::context::KERNEL_SOURCE,
+                    bytecode: OnceLock::new(),
+                }),
             }),
         };
         let fonts = font_cache::prepare(&engine, &cache_dir, &self.progress);
@@ -145,17 +149,22 @@ impl EngineBuilder {
 
     fn wasmtime_config(&self) -> Config {
         let mut pool = PoolingAllocationConfig::default();
-        // One instance per context, plus headroom for a restart that briefly overlaps.
-        let slots = u32::try_from(self.max_contexts + 8).unwrap_or(u32::MAX);
-        pool.total_core_instances(slots)
-            .total_memories(slots)
-            .total_tables(slots)
-            .total_stacks(slots)
-            .total_gc_heaps(slots)
+        // Per context: the interpreter and the small write-forwarding shim (two instances),
+        // the interpreter's memory and a GC heap for its exceptions (memory slots), plus
+        // headroom for a restart that briefly overlaps the old instance.
+        let contexts = u32::try_from(self.max_contexts + 8).unwrap_or(u32::MAX / 4);
+        pool.total_core_instances(contexts * 2)
+            .total_memories(contexts * 3)
+            .total_tables(contexts * 2)
+            .total_gc_heaps(contexts * 2)
+            .total_stacks(contexts)
             .max_memory_size(crate::limits::MAX_MEMORY_BYTES as usize)
             // The Python runtime has a 47k-entry function table and a large instance.
             .table_elements(200_000)
-            .max_core_instance_size(16 << 20);
+            .max_core_instance_size(16 << 20)
+            // Keep the top of each fiber stack mapped between calls rather than faulting it in
+            // afresh on every execution.
+            .async_stack_keep_resident(1 << 20);
 
         let mut config = Config::new();
         config
@@ -188,6 +197,8 @@ pub(crate) struct EngineInner {
     pub fuel_metering: bool,
     /// A directory with matplotlib's prebuilt font cache, once it exists.
     pub mpl_font_cache: OnceLock<Option<PathBuf>>,
+    /// The guest kernel, compiled by the first context that starts.
+    pub kernel: Arc<host::KernelCode>,
 }
 
 impl std::fmt::Debug for Engine {

@@ -2,6 +2,7 @@
 //! are checked inside host calls (memory growth, disk quota).
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -64,9 +65,28 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// The guest kernel's source and, once a context has compiled it, its bytecode, so later
+/// contexts skip the compile (~10 ms of a context's start).
+#[derive(Debug)]
+pub(crate) struct KernelCode {
+    pub source: &'static str,
+    pub bytecode: OnceLock<Vec<u8>>,
+}
+
+/// What the door offers while a context boots.
+pub(crate) struct Boot {
+    pub kernel: Arc<KernelCode>,
+    /// Whether this boot may supply the shared bytecode: only a context whose start the
+    /// caller cannot influence (no caller environment variables), so no context can plant
+    /// code that others would run.
+    pub may_supply_bytecode: bool,
+}
+
 /// The door's per-execution state: code waiting to be run and what the guest reported.
 #[derive(Default)]
 pub(crate) struct Door {
+    /// Set only while the context boots.
+    pub boot: Option<Boot>,
     pub code: String,
     pub results: Vec<DisplayData>,
     pub error: Option<GuestError>,
@@ -100,6 +120,9 @@ enum Request {
 impl Door {
     /// Answers one request; `Err` makes `host.call` return a fault code to the guest.
     fn handle(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
+        if let Some(rest) = request.strip_prefix(b"!") {
+            return self.handle_boot(rest);
+        }
         let request: Request = serde_json::from_slice(request)
             .map_err(|e| format!("the guest sent a malformed report: {e}"))?;
         match request {
@@ -116,6 +139,28 @@ impl Door {
                 Ok(Vec::new())
             }
         }
+    }
+}
+
+impl Door {
+    fn handle_boot(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
+        let boot = self
+            .boot
+            .as_ref()
+            .ok_or("kernel requests are only answered at start")?;
+        if request == b"kernel" {
+            return Ok(match boot.kernel.bytecode.get() {
+                Some(bytecode) => [b"M".as_slice(), bytecode].concat(),
+                None => [b"S".as_slice(), boot.kernel.source.as_bytes()].concat(),
+            });
+        }
+        if let Some(bytecode) = request.strip_prefix(b"bytecode") {
+            if boot.may_supply_bytecode {
+                let _ = boot.kernel.bytecode.set(bytecode.to_vec());
+            }
+            return Ok(Vec::new());
+        }
+        Err("unknown kernel request".into())
     }
 }
 
