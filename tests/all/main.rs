@@ -5,4 +5,5 @@ mod concurrency;
 mod files;
 mod limits;
 mod python;
+mod rich;
 mod security;
