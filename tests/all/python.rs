@@ -246,3 +246,40 @@ async fn unicode_and_odd_code_are_handled() {
         run.text()
     );
 }
+
+#[tokio::test]
+async fn per_execution_environment_and_working_directory() {
+    let options = codebox::ContextOptions::new()
+        .cwd("/home/user/project")
+        .env("KEEP", "1");
+    let ctx = crate::common::engine()
+        .create_context(options)
+        .await
+        .unwrap();
+    assert_eq!(
+        ok(&ctx, "import os\nos.getcwd()").await.text(),
+        Some("'/home/user/project'")
+    );
+    let run = ctx
+        .execute(ExecuteRequest::new("os.environ['TOKEN'], os.environ['KEEP']").env("TOKEN", "t1"))
+        .await
+        .unwrap();
+    assert_eq!(run.text(), Some("('t1', '1')"));
+    assert_eq!(
+        ok(&ctx, "os.environ.get('TOKEN')").await.text(),
+        None,
+        "gone after the run"
+    );
+    let run = ctx
+        .execute(ExecuteRequest::new("os.environ['KEEP']").env("KEEP", "override"))
+        .await
+        .unwrap();
+    assert_eq!(run.text(), Some("'override'"));
+    assert_eq!(
+        ok(&ctx, "os.environ['KEEP']").await.text(),
+        Some("'1'"),
+        "restored"
+    );
+    let bad = codebox::ContextOptions::new().cwd("/etc");
+    assert!(crate::common::engine().create_context(bad).await.is_err());
+}

@@ -459,10 +459,35 @@ def _compile_cell(source, filename):
     return body, (compile(last, filename, "eval") if last is not None else None)
 
 
+def _fetch_cell():
+    """The cell's source and the environment variables for this execution only.
+
+    The host answers with a JSON header line, then the source."""
+    blob = _host.call(b'{"op":"code"}')
+    header, _, source = blob.partition(b"\n")
+    env = json.loads(header).get("env") if header != b"{}" else None
+    return source.decode("utf-8", "surrogateescape"), env
+
+
 def run():
     """One execution: fetch the cell from the host, run it, report."""
+    source, env = _fetch_cell()
+    if not env:
+        return _run_cell(source)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return _run_cell(source)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_cell(source):
     global _count
-    source = _host.call(b'{"op":"code"}').decode("utf-8", "surrogateescape")
     _count += 1
     filename = f"<cell {_count}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -502,7 +527,7 @@ def _setup():
         except Exception:
             pass
     try:
-        os.chdir(os.environ.get("HOME", "/home/user"))
+        os.chdir(os.environ.get("PWD") or os.environ.get("HOME", "/home/user"))
     except OSError:
         pass
     builtins.display = display

@@ -56,6 +56,9 @@ pub struct ContextOptions {
     /// The host directory mounted at `/home/user`. Default: a new private temporary directory
     /// removed with the context. Give the same [`HomeDir`] to several contexts to share files.
     pub home: Option<HomeDir>,
+    /// The working directory, a path under `/home/user` (created if missing). Default
+    /// `/home/user`.
+    pub cwd: Option<String>,
 }
 
 impl ContextOptions {
@@ -76,6 +79,12 @@ impl ContextOptions {
         self
     }
 
+    /// Sets the working directory (a path under `/home/user`).
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+
     /// Mounts `home` at `/home/user`.
     pub fn home(mut self, home: HomeDir) -> Self {
         self.home = Some(home);
@@ -88,6 +97,7 @@ impl ContextOptions {
 pub struct ExecuteRequest {
     code: String,
     timeout: Option<Duration>,
+    env: BTreeMap<String, String>,
     on_output: Option<OutputCallback>,
 }
 
@@ -97,6 +107,7 @@ impl ExecuteRequest {
         ExecuteRequest {
             code: code.into(),
             timeout: None,
+            env: BTreeMap::new(),
             on_output: None,
         }
     }
@@ -104,6 +115,13 @@ impl ExecuteRequest {
     /// Overrides the context's timeout for this execution.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets an environment variable for this execution only (the previous value, if any, is
+    /// restored afterwards).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
         self
     }
 
@@ -158,6 +176,8 @@ struct State {
     /// The home directory, when the context made its own; removed on drop.
     _own_home: Option<tempfile::TempDir>,
     capture: SharedCapture,
+    /// The working directory as a guest path, when not `/home/user`.
+    cwd: Option<String>,
     live: Option<Live>,
     /// An execution is running in `live`. Still true at the start of the next one means the
     /// previous call was cancelled (its future dropped) mid-turn: that instance is unusable.
@@ -215,6 +235,10 @@ impl Context {
                 )
             }
         };
+        let cwd = match options.cwd.as_deref() {
+            None | Some("") | Some(GUEST_HOME) | Some("/home/user/") => None,
+            Some(path) => Some(home.make_dir_guest_path(path)?),
+        };
         let mut state = State {
             engine,
             options: options.clone(),
@@ -222,6 +246,7 @@ impl Context {
             tmp,
             _own_home: own_home,
             capture: Arc::new(Mutex::new(Capture::default())),
+            cwd,
             live: None,
             in_flight: false,
             executions: 0,
@@ -254,6 +279,7 @@ impl Context {
                 "timeout must be greater than zero".into(),
             ));
         }
+        validate_env(&request.env)?;
         let mut state = self.state.lock().await;
         state.execute(request).await
     }
@@ -305,6 +331,9 @@ impl State {
             .allow_blocking_current_thread(true);
         for (key, value) in &self.options.env {
             wasi.env(key, value);
+        }
+        if let Some(cwd) = &self.cwd {
+            wasi.env("PWD", cwd);
         }
         let preopen =
             |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
@@ -449,6 +478,7 @@ impl State {
             data.deadline = deadline;
             data.door = Door {
                 code: request.code,
+                env: request.env,
                 ..Door::default()
             };
             data.memory.refused = false;
@@ -581,6 +611,18 @@ fn copy_font_cache(from: &std::path::Path, tmp: &std::path::Path) -> Result<(), 
     {
         let dest = target.join(entry.file_name());
         std::fs::copy(entry.path(), &dest).map_err(|e| Error::io(&dest, e))?;
+    }
+    Ok(())
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
+    for (key, value) in env {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            let shown: String = key.chars().take(100).collect();
+            return Err(Error::InvalidInput(format!(
+                "invalid environment variable {shown:?}"
+            )));
+        }
     }
     Ok(())
 }

@@ -193,6 +193,12 @@ impl HomeDir {
             .map_err(|e| fs_error(path, e))
     }
 
+    /// Creates the directory `path` and returns its normalised guest path.
+    pub(crate) fn make_dir_guest_path(&self, path: &str) -> Result<String, Error> {
+        self.make_dir(path)?;
+        Ok(guest_path(&guest_relative(path)?))
+    }
+
     /// Removes the file or directory (with its contents) at `path`.
     pub fn remove(&self, path: &str) -> Result<(), Error> {
         let rel = guest_relative(path)?;

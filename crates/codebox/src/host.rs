@@ -1,6 +1,7 @@
 //! What the host gives the guest: WASI preview 1, the `host.call` door, and the limits that
 //! are checked inside host calls (memory growth, disk quota).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -88,6 +89,8 @@ pub(crate) struct Door {
     /// Set only while the context boots.
     pub boot: Option<Boot>,
     pub code: String,
+    /// Environment variables for this execution only.
+    pub env: BTreeMap<String, String>,
     pub results: Vec<DisplayData>,
     pub error: Option<GuestError>,
     /// A malformed or oversized report; the execution's error says so.
@@ -110,7 +113,7 @@ pub(crate) struct GuestError {
 enum Request {
     Code,
     Result {
-        data: std::collections::BTreeMap<String, serde_json::Value>,
+        data: BTreeMap<String, serde_json::Value>,
         #[serde(default)]
         main: bool,
     },
@@ -126,7 +129,16 @@ impl Door {
         let request: Request = serde_json::from_slice(request)
             .map_err(|e| format!("the guest sent a malformed report: {e}"))?;
         match request {
-            Request::Code => Ok(std::mem::take(&mut self.code).into_bytes()),
+            Request::Code => {
+                // A JSON header line, then the source.
+                let header = if self.env.is_empty() {
+                    "{}".to_string()
+                } else {
+                    serde_json::json!({ "env": self.env }).to_string()
+                };
+                let code = std::mem::take(&mut self.code);
+                Ok([header.as_bytes(), b"\n", code.as_bytes()].concat())
+            }
             Request::Result { data, main } => {
                 self.results.push(DisplayData {
                     data,
