@@ -27,6 +27,8 @@ enum Command {
     Run(RunArgs),
     /// An interactive session that keeps one context across inputs.
     Repl(LimitArgs),
+    /// Serve the HTTP API (native + E2B-compatible).
+    Serve(ServeArgs),
     /// Install or list the guest runtimes.
     #[command(subcommand)]
     Runtimes(RuntimesCommand),
@@ -66,6 +68,26 @@ struct LimitArgs {
     env: Vec<String>,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "CODEBOX_ADDR")]
+    addr: String,
+    /// A file with API keys, one per line (added to those in CODEBOX_API_KEYS, comma-separated).
+    /// With no key at all, one is generated and printed.
+    #[arg(long, value_name = "FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// Most live sandboxes.
+    #[arg(long, default_value_t = 100)]
+    max_sandboxes: usize,
+    /// Most live contexts over all sandboxes.
+    #[arg(long, default_value_t = 200)]
+    max_contexts: usize,
+    /// Directory for sandbox home directories.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum RuntimesCommand {
     /// Download (with pip), verify and install the runtimes, then compile them once.
@@ -91,6 +113,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Repl(args) => repl(args).await,
+            Command::Serve(args) => serve(args).await,
             Command::Runtimes(RuntimesCommand::Install { wheel }) => install(wheel).await,
             Command::Runtimes(RuntimesCommand::List) => list(),
         }
@@ -307,6 +330,47 @@ fn bracket_depth(line: &str) -> i32 {
             _ => 0,
         })
         .sum()
+}
+
+async fn serve(args: ServeArgs) -> CliResult {
+    let mut keys =
+        codebox_server::ServerConfig::keys_from_env_and_file(args.api_keys_file.as_deref())
+            .map_err(|e| format!("cannot read the API keys file: {e}"))?;
+    if keys.is_empty() {
+        let key = generated_key()?;
+        eprintln!(
+            "codebox: no API keys configured (CODEBOX_API_KEYS or --api-keys-file); using this one for this run:\n{key}"
+        );
+        keys.push(key);
+    }
+    let mut config = codebox_server::ServerConfig::new(keys);
+    config.max_sandboxes = args.max_sandboxes;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let max_contexts = args.max_contexts;
+    let engine =
+        tokio::task::spawn_blocking(move || Engine::builder().max_contexts(max_contexts).build())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    let server = codebox_server::Server::bind(engine, config, &args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    eprintln!(
+        "codebox: listening on http://{} (API: /openapi.json)",
+        server.local_addr()
+    );
+    server.run().await.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generated_key() -> Result<String, String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| format!("cannot generate an API key: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 async fn install(wheel: Option<PathBuf>) -> CliResult {

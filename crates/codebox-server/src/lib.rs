@@ -1,5 +1,168 @@
-//! codebox over HTTP.
-#![allow(dead_code)]
+//! codebox over HTTP: sandboxes with streaming executions and files, through a native JSON API
+//! and an E2B-compatible API so existing E2B clients work unchanged.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = tokio::task::spawn_blocking(codebox::Engine::new).await??;
+//! let config = codebox_server::ServerConfig::new(vec!["secret-key".into()]);
+//! let server = codebox_server::Server::bind(engine, config, "127.0.0.1:8080").await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run().await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod api;
 mod auth;
+mod e2b;
 mod error;
+mod extract;
+mod openapi;
+mod sandbox;
+mod stream;
+mod upload;
 mod util;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codebox::{Engine, Limits};
+
+use crate::auth::Keys;
+use crate::sandbox::Registry;
+
+/// Server settings. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Accepted API keys. Every route but `/health` and `/openapi.json` needs one. Empty means
+    /// no key is valid (every request is refused).
+    pub api_keys: Vec<String>,
+    /// Most live sandboxes. Default 100; past it, creating one answers 429.
+    pub max_sandboxes: usize,
+    /// Most contexts per sandbox. Default 16.
+    pub max_contexts_per_sandbox: usize,
+    /// Sandbox lifetime when the client gives none. Default 300 s.
+    pub sandbox_timeout: Duration,
+    /// Longest lifetime a client may ask for (also when extending). Default 3600 s.
+    pub max_sandbox_timeout: Duration,
+    /// Limits of every context. Default: [`Limits::default`] with a 300 s execution timeout
+    /// (clients may ask for less, or more up to 3600 s, per execution).
+    pub limits: Limits,
+    /// Largest JSON request body (this bounds the code size). Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Largest file upload. Default 512 MiB (the sandbox's disk quota also applies).
+    pub max_upload_bytes: u64,
+    /// Where sandbox home directories are created. Default: the system temp directory.
+    pub data_dir: PathBuf,
+}
+
+impl ServerConfig {
+    /// The defaults, accepting `api_keys`.
+    pub fn new(api_keys: Vec<String>) -> ServerConfig {
+        ServerConfig {
+            api_keys,
+            max_sandboxes: 100,
+            max_contexts_per_sandbox: 16,
+            sandbox_timeout: Duration::from_secs(300),
+            max_sandbox_timeout: Duration::from_secs(3600),
+            limits: Limits {
+                timeout: Duration::from_secs(300),
+                ..Limits::default()
+            },
+            max_body_bytes: 16 << 20,
+            max_upload_bytes: 512 << 20,
+            data_dir: std::env::temp_dir(),
+        }
+    }
+
+    /// API keys from `CODEBOX_API_KEYS` (comma-separated) and, if given, a file with one key
+    /// per line (blank lines and `#` comments ignored).
+    pub fn keys_from_env_and_file(file: Option<&std::path::Path>) -> std::io::Result<Vec<String>> {
+        let mut keys: Vec<String> = std::env::var("CODEBOX_API_KEYS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(file)?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        Ok(keys)
+    }
+}
+
+/// Shared state of the handlers.
+pub(crate) struct App {
+    pub registry: Registry,
+    pub keys: Keys,
+}
+
+/// A server bound to a socket, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    app: Arc<AppHandle>,
+}
+
+/// Keeps `App` out of the public `Debug` output.
+struct AppHandle(Arc<App>);
+
+impl std::fmt::Debug for AppHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("App")
+    }
+}
+
+impl Server {
+    /// Binds `addr` (e.g. `127.0.0.1:8080`; port 0 picks a free port).
+    pub async fn bind(engine: Engine, config: ServerConfig, addr: &str) -> std::io::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let keys = Keys::new(&config.api_keys);
+        let app = Arc::new(App {
+            registry: Registry::new(engine, config),
+            keys,
+        });
+        Ok(Server {
+            listener,
+            app: Arc::new(AppHandle(app)),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until the process ends (or the future is dropped).
+    pub async fn run(self) -> std::io::Result<()> {
+        let app = self.app.0.clone();
+        let reaper_app = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match reaper_app.upgrade() {
+                    Some(app) => app.registry.reap(),
+                    None => return,
+                }
+            }
+        });
+        axum::serve(self.listener, router(app)).await
+    }
+}
+
+fn router(app: Arc<App>) -> axum::Router {
+    api::routes(app.clone()).merge(e2b::routes(app))
+}

@@ -1,0 +1,390 @@
+//! Sandboxes: one `/home/user` plus its execution contexts, owned by an API key, with a
+//! lifetime after which they are killed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::http::StatusCode;
+use codebox::{Context, ContextOptions, Engine, HomeDir, Limits};
+use serde::Serialize;
+
+use crate::ServerConfig;
+use crate::auth::Owner;
+use crate::error::{ApiError, ApiResult};
+use crate::util::{random_id, rfc3339};
+
+/// The languages a context can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Language {
+    Python,
+}
+
+impl Language {
+    /// Parses a language name as clients send it (trimmed, any case); `None` means Python.
+    pub fn parse(name: Option<&str>) -> ApiResult<Language> {
+        let name = name
+            .map(|n| n.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        match name.as_str() {
+            "" | "python" | "python3" | "py" => Ok(Language::Python),
+            other => Err(ApiError::bad_request(
+                "unknown_language",
+                format!(
+                    "unknown language {:?}; this server runs: python",
+                    other.chars().take(40).collect::<String>()
+                ),
+            )),
+        }
+    }
+}
+
+/// One execution context inside a sandbox.
+pub(crate) struct ContextEntry {
+    pub id: String,
+    pub language: Language,
+    pub cwd: String,
+    pub context: Context,
+}
+
+pub(crate) struct Sandbox {
+    pub id: String,
+    pub owner: Owner,
+    /// Secret for the E2B-compatible URL prefix (`/e2b/{access_token}`).
+    pub access_token: String,
+    pub home: HomeDir,
+    _dir: tempfile::TempDir,
+    pub env_vars: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    pub started_at: SystemTime,
+    end_at: Mutex<SystemTime>,
+    contexts: Mutex<Vec<Arc<ContextEntry>>>,
+    /// Serialises creation of the default context.
+    default_lock: tokio::sync::Mutex<()>,
+    /// Becomes true when the sandbox is killed; running executions watch it.
+    killed: tokio::sync::watch::Sender<bool>,
+}
+
+/// The public description of a sandbox.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SandboxInfo {
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    pub started_at: String,
+    pub end_at: String,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub contexts: usize,
+    /// Path prefix for E2B clients: set `E2B_SANDBOX_URL` to the server's address + this.
+    pub e2b_path: String,
+}
+
+#[derive(Serialize, Clone)]
+pub(crate) struct ContextInfo {
+    pub id: String,
+    pub language: Language,
+    pub cwd: String,
+}
+
+impl Sandbox {
+    pub fn info(&self) -> SandboxInfo {
+        SandboxInfo {
+            sandbox_id: self.id.clone(),
+            started_at: rfc3339(self.started_at),
+            end_at: rfc3339(self.end_at()),
+            metadata: self.metadata.clone(),
+            env_vars: self.env_vars.clone(),
+            contexts: self
+                .contexts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+            e2b_path: format!("/e2b/{}", self.access_token),
+        }
+    }
+
+    pub fn end_at(&self) -> SystemTime {
+        *self.end_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_end_at(&self, t: SystemTime) {
+        *self.end_at.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    pub fn killed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.killed.subscribe()
+    }
+
+    pub fn contexts(&self) -> Vec<Arc<ContextEntry>> {
+        self.contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn context(&self, id: &str) -> ApiResult<Arc<ContextEntry>> {
+        self.contexts()
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| ApiError::not_found("context"))
+    }
+
+    pub fn remove_context(&self, id: &str) -> ApiResult<()> {
+        let mut contexts = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+        let before = contexts.len();
+        contexts.retain(|c| c.id != id);
+        if contexts.len() == before {
+            return Err(ApiError::not_found("context"));
+        }
+        Ok(())
+    }
+}
+
+/// All live sandboxes.
+pub(crate) struct Registry {
+    pub engine: Engine,
+    pub config: ServerConfig,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+}
+
+/// What a client may set when creating a sandbox.
+pub(crate) struct NewSandbox {
+    pub timeout: Option<u64>,
+    pub env_vars: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Registry {
+    pub fn new(engine: Engine, config: ServerConfig) -> Registry {
+        Registry {
+            engine,
+            config,
+            sandboxes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Sandbox>>> {
+        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lifetime(&self, timeout: Option<u64>) -> ApiResult<Duration> {
+        let secs = timeout.unwrap_or(self.config.sandbox_timeout.as_secs());
+        let max = self.config.max_sandbox_timeout.as_secs();
+        if secs == 0 || secs > max {
+            return Err(ApiError::bad_request(
+                "invalid_timeout",
+                format!("timeout must be between 1 and {max} seconds"),
+            ));
+        }
+        Ok(Duration::from_secs(secs))
+    }
+
+    pub fn create(&self, owner: Owner, new: NewSandbox) -> ApiResult<Arc<Sandbox>> {
+        let lifetime = self.lifetime(new.timeout)?;
+        check_map("envVars", &new.env_vars, true)?;
+        check_map("metadata", &new.metadata, false)?;
+        let dir = tempfile::Builder::new()
+            .prefix("codebox-sandbox-")
+            .tempdir_in(&self.config.data_dir)
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+        let home = HomeDir::new(dir.path(), self.config.limits.disk_bytes)?;
+        let now = SystemTime::now();
+        let (killed, _) = tokio::sync::watch::channel(false);
+        let sandbox = Arc::new(Sandbox {
+            id: random_id("sbx_"),
+            owner,
+            access_token: random_id("tok_"),
+            home,
+            _dir: dir,
+            env_vars: new.env_vars,
+            metadata: new.metadata,
+            started_at: now,
+            end_at: Mutex::new(now + lifetime),
+            contexts: Mutex::new(Vec::new()),
+            default_lock: tokio::sync::Mutex::new(()),
+            killed,
+        });
+        let mut sandboxes = self.lock();
+        if sandboxes.len() >= self.config.max_sandboxes {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sandboxes",
+                format!(
+                    "the server already runs its maximum of {} sandboxes; kill one or try later",
+                    self.config.max_sandboxes
+                ),
+            ));
+        }
+        sandboxes.insert(sandbox.id.clone(), sandbox.clone());
+        Ok(sandbox)
+    }
+
+    /// The caller's sandbox `id`; someone else's is reported as missing.
+    pub fn get(&self, owner: &Owner, id: &str) -> ApiResult<Arc<Sandbox>> {
+        match self.lock().get(id) {
+            Some(s) if &s.owner == owner && s.end_at() > SystemTime::now() => Ok(s.clone()),
+            _ => Err(ApiError::not_found("sandbox")),
+        }
+    }
+
+    /// The sandbox whose E2B access token is `token`.
+    pub fn by_token(&self, token: &str) -> ApiResult<Arc<Sandbox>> {
+        let now = SystemTime::now();
+        self.lock()
+            .values()
+            .find(|s| {
+                constant_time_eq(s.access_token.as_bytes(), token.as_bytes()) && s.end_at() > now
+            })
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("sandbox"))
+    }
+
+    pub fn list(&self, owner: &Owner) -> Vec<Arc<Sandbox>> {
+        let mut list: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|s| &s.owner == owner)
+            .cloned()
+            .collect();
+        list.sort_by_key(|s| s.started_at);
+        list
+    }
+
+    pub fn kill(&self, owner: &Owner, id: &str) -> ApiResult<()> {
+        let sandbox = self.get(owner, id)?;
+        self.remove(&sandbox.id);
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) {
+        if let Some(sandbox) = self.lock().remove(id) {
+            let _ = sandbox.killed.send(true);
+        }
+    }
+
+    pub fn set_timeout(&self, owner: &Owner, id: &str, timeout: u64) -> ApiResult<Arc<Sandbox>> {
+        let sandbox = self.get(owner, id)?;
+        sandbox.set_end_at(SystemTime::now() + self.lifetime(Some(timeout))?);
+        Ok(sandbox)
+    }
+
+    /// Kills the sandboxes whose time is up; called periodically.
+    pub fn reap(&self) {
+        let now = SystemTime::now();
+        let expired: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|s| s.end_at() <= now)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in expired {
+            self.remove(&id);
+        }
+    }
+
+    pub fn new_context(
+        &self,
+        sandbox: &Sandbox,
+        language: Language,
+        cwd: Option<&str>,
+    ) -> impl Future<Output = ApiResult<Arc<ContextEntry>>> + Send + 'static {
+        let engine = self.engine.clone();
+        let limits: Limits = self.config.limits.clone();
+        let mut options = ContextOptions::new()
+            .limits(limits)
+            .home(sandbox.home.clone());
+        options.env = sandbox.env_vars.clone();
+        let cwd = cwd.map(str::to_string).filter(|c| !c.is_empty());
+        if let Some(cwd) = &cwd {
+            options = options.cwd(cwd.clone());
+        }
+        let max_per_sandbox = self.config.max_contexts_per_sandbox;
+        let count = sandbox.contexts().len();
+        async move {
+            if count >= max_per_sandbox {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_contexts",
+                    format!("a sandbox may have at most {max_per_sandbox} contexts"),
+                ));
+            }
+            let context = engine.create_context(options).await?;
+            Ok(Arc::new(ContextEntry {
+                id: random_id("ctx_"),
+                language,
+                cwd: normalise_cwd(cwd.as_deref()),
+                context,
+            }))
+        }
+    }
+
+    pub async fn add_context(
+        &self,
+        sandbox: &Sandbox,
+        language: Language,
+        cwd: Option<&str>,
+    ) -> ApiResult<Arc<ContextEntry>> {
+        let entry = self.new_context(sandbox, language, cwd).await?;
+        sandbox
+            .contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry.clone());
+        Ok(entry)
+    }
+
+    /// The sandbox's default context for `language`, created on first use.
+    pub async fn default_context(
+        &self,
+        sandbox: &Sandbox,
+        language: Language,
+    ) -> ApiResult<Arc<ContextEntry>> {
+        let _guard = sandbox.default_lock.lock().await;
+        if let Some(entry) = sandbox
+            .contexts()
+            .into_iter()
+            .find(|c| c.language == language)
+        {
+            return Ok(entry);
+        }
+        self.add_context(sandbox, language, None).await
+    }
+}
+
+fn normalise_cwd(cwd: Option<&str>) -> String {
+    match cwd {
+        None => codebox::GUEST_HOME.to_string(),
+        Some(c) if c.starts_with('/') => c.trim_end_matches('/').to_string(),
+        Some(c) => format!("{}/{}", codebox::GUEST_HOME, c.trim_end_matches('/')),
+    }
+}
+
+fn check_map(field: &str, map: &BTreeMap<String, String>, env: bool) -> ApiResult<()> {
+    if map.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            format!("{field} has more than 256 entries"),
+        ));
+    }
+    for (key, value) in map {
+        let bad_key = key.is_empty() || key.len() > 256 || (env && key.contains(['=', '\0']));
+        if bad_key || value.len() > 16 * 1024 || (env && value.contains('\0')) {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                format!(
+                    "{field} has an invalid entry {:?}",
+                    key.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
