@@ -2,8 +2,10 @@
 
 mod common;
 mod concurrency;
+mod e2b;
 mod files;
 mod limits;
 mod python;
 mod rich;
 mod security;
+mod server;

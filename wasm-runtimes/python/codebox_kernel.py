@@ -223,6 +223,12 @@ def _num(x):
     return x if x - x == 0 else None  # None for inf and nan
 
 
+def _label(artist):
+    """An artist's legend label; matplotlib's automatic ones (`_child0`) are not labels."""
+    label = artist.get_label() or ""
+    return "" if label.startswith("_") else label
+
+
 def _axis_info(ax):
     info = {
         "title": ax.get_title() or None,
@@ -243,7 +249,7 @@ def _axes_chart(ax):
     containers = [c for c in ax.containers if type(c).__name__ == "BarContainer"]
     patches = ax.patches
     wedges = [p for p in patches if type(p).__name__ == "Wedge"]
-    lines = [l for l in ax.get_lines() if not l.get_label().startswith("_child")]
+    lines = ax.get_lines()
     collections = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
     chart = _axis_info(ax)
     if wedges:
@@ -279,7 +285,7 @@ def _axes_chart(ax):
     if lines:
         chart.update(type="line", elements=[
             {
-                "label": line.get_label(),
+                "label": _label(line),
                 "points": [[_num(x), _num(y)] for x, y in zip(line.get_xdata(), line.get_ydata())],
             }
             for line in lines
@@ -288,7 +294,7 @@ def _axes_chart(ax):
     if collections:
         chart.update(type="scatter", elements=[
             {
-                "label": c.get_label() if not c.get_label().startswith("_") else "",
+                "label": _label(c),
                 "points": [[_num(x), _num(y)] for x, y in c.get_offsets()],
             }
             for c in collections
