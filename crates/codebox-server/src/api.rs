@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, Caller, wants_json};
-use crate::sandbox::{ContextEntry, ContextInfo, Language, NewSandbox, Sandbox};
+use crate::sandbox::{ContextEntry, Language, NewSandbox, Sandbox};
 use crate::stream::{self, Flavor, RunSpec};
 use crate::upload;
 
@@ -160,14 +160,6 @@ struct CreateContext {
     cwd: Option<String>,
 }
 
-pub(crate) fn context_info(entry: &ContextEntry) -> ContextInfo {
-    ContextInfo {
-        id: entry.id.clone(),
-        language: entry.language,
-        cwd: entry.cwd.clone(),
-    }
-}
-
 async fn create_context(
     State(app): AppState,
     caller: Caller,
@@ -180,7 +172,7 @@ async fn create_context(
         .registry
         .add_context(&sandbox, language, body.cwd.as_deref())
         .await?;
-    Ok((StatusCode::CREATED, Json(context_info(&entry))).into_response())
+    Ok((StatusCode::CREATED, Json(entry.info())).into_response())
 }
 
 async fn list_contexts(
@@ -189,13 +181,7 @@ async fn list_contexts(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let sandbox = sandbox(&app, &caller, &id)?;
-    Ok(Json(json!(
-        sandbox
-            .contexts()
-            .iter()
-            .map(|c| context_info(c))
-            .collect::<Vec<_>>()
-    )))
+    Ok(Json(json!(sandbox.context_infos())))
 }
 
 async fn restart_context(
@@ -205,7 +191,7 @@ async fn restart_context(
 ) -> ApiResult<Json<Value>> {
     let entry = sandbox(&app, &caller, &id)?.context(&cid)?;
     entry.context.restart().await?;
-    Ok(Json(json!(context_info(&entry))))
+    Ok(Json(json!(entry.info())))
 }
 
 async fn delete_context(
@@ -409,8 +395,6 @@ pub(crate) async fn receive_upload(
     Ok(written)
 }
 
-use axum::extract::FromRequest as _;
-
 async fn upload(
     State(app): AppState,
     caller: Caller,
@@ -554,7 +538,7 @@ async fn process(
         timeout,
         env: BTreeMap::new(),
     };
-    let run = entry.context.execute(spec_request(spec)).await?;
+    let run = entry.context.execute(spec.request()).await?;
     let mut stderr = run.stderr.clone();
     if let Some(error) = &run.error {
         stderr.push_str(&error.to_string());
@@ -568,14 +552,6 @@ async fn process(
     Ok(Json(
         json!({"stdout": run.stdout, "stderr": stderr, "exitCode": exit_code}),
     ))
-}
-
-fn spec_request(spec: RunSpec) -> codebox::ExecuteRequest {
-    let mut request = codebox::ExecuteRequest::new(spec.code);
-    if let Some(timeout) = spec.timeout {
-        request = request.timeout(timeout);
-    }
-    request
 }
 
 /// `s` as a Python string literal (JSON string syntax is valid Python for these escapes).

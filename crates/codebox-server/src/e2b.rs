@@ -19,9 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::api::{
-    PathQuery, context_info, download_file, execution_timeout, pick_context, receive_upload,
-};
+use crate::api::{PathQuery, download_file, execution_timeout, pick_context, receive_upload};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::sandbox::{Language, Sandbox};
@@ -112,18 +110,12 @@ async fn create_context(
         .registry
         .add_context(&sandbox, language, body.cwd.as_deref())
         .await?;
-    Ok(Json(json!(context_info(&entry))))
+    Ok(Json(json!(entry.info())))
 }
 
 async fn list_contexts(State(app): AppState, Path(token): Path<String>) -> ApiResult<Json<Value>> {
     let sandbox = sandbox(&app, &token)?;
-    Ok(Json(json!(
-        sandbox
-            .contexts()
-            .iter()
-            .map(|c| context_info(c))
-            .collect::<Vec<_>>()
-    )))
+    Ok(Json(json!(sandbox.context_infos())))
 }
 
 async fn restart_context(
@@ -132,7 +124,7 @@ async fn restart_context(
 ) -> ApiResult<Json<Value>> {
     let entry = sandbox(&app, &token)?.context(&cid)?;
     entry.context.restart().await?;
-    Ok(Json(json!(context_info(&entry))))
+    Ok(Json(json!(entry.info())))
 }
 
 async fn remove_context(

@@ -48,6 +48,16 @@ pub(crate) struct ContextEntry {
     pub context: Context,
 }
 
+impl ContextEntry {
+    pub fn info(&self) -> ContextInfo {
+        ContextInfo {
+            id: self.id.clone(),
+            language: self.language,
+            cwd: self.cwd.clone(),
+        }
+    }
+}
+
 pub(crate) struct Sandbox {
     pub id: String,
     pub owner: Owner,
@@ -122,6 +132,10 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn context_infos(&self) -> Vec<ContextInfo> {
+        self.contexts().iter().map(|c| c.info()).collect()
     }
 
     pub fn context(&self, id: &str) -> ApiResult<Arc<ContextEntry>> {

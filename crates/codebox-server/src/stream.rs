@@ -35,7 +35,7 @@ pub(crate) struct RunSpec {
 }
 
 impl RunSpec {
-    fn request(self) -> ExecuteRequest {
+    pub(crate) fn request(self) -> ExecuteRequest {
         let mut request = ExecuteRequest::new(self.code);
         if let Some(timeout) = self.timeout {
             request = request.timeout(timeout);
@@ -161,27 +161,17 @@ fn end_event(flavor: Flavor, execution: Option<&Execution>) -> Value {
     match (flavor, execution) {
         (Flavor::E2b, _) => json!({"type": "end_of_execution"}),
         (Flavor::Native, None) => json!({"type": "end"}),
-        (Flavor::Native, Some(e)) => json!({
-            "type": "end",
-            "executionCount": e.execution_count,
-            "durationMs": e.duration.as_secs_f64() * 1e3,
-            "fuelConsumed": e.fuel_consumed,
-            "stdoutTruncated": e.stdout_truncated,
-            "stderrTruncated": e.stderr_truncated,
-            "exitStatus": e.exit_status,
-            "contextRestarted": e.context_restarted,
-        }),
+        (Flavor::Native, Some(e)) => {
+            let mut event = summary(e);
+            event["type"] = json!("end");
+            event
+        }
     }
 }
 
-/// The whole execution in the native API's shape.
-pub(crate) fn native_execution(e: &Execution, context_id: &str) -> Value {
+/// The accounting part of an execution, shared by the `end` event and the whole answer.
+fn summary(e: &Execution) -> Value {
     json!({
-        "contextId": context_id,
-        "stdout": e.stdout,
-        "stderr": e.stderr,
-        "results": e.results.iter().map(|r| json!({"isMainResult": r.is_main_result, "data": r.data})).collect::<Vec<_>>(),
-        "error": e.error.as_ref().map(|err| json!({"kind": err.kind, "name": err.name, "value": err.value, "traceback": err.traceback})),
         "executionCount": e.execution_count,
         "durationMs": e.duration.as_secs_f64() * 1e3,
         "fuelConsumed": e.fuel_consumed,
@@ -190,6 +180,23 @@ pub(crate) fn native_execution(e: &Execution, context_id: &str) -> Value {
         "exitStatus": e.exit_status,
         "contextRestarted": e.context_restarted,
     })
+}
+
+/// The whole execution in the native API's shape.
+pub(crate) fn native_execution(e: &Execution, context_id: &str) -> Value {
+    let mut out = summary(e);
+    out["contextId"] = json!(context_id);
+    out["stdout"] = json!(e.stdout);
+    out["stderr"] = json!(e.stderr);
+    out["results"] = e
+        .results
+        .iter()
+        .map(|r| json!({"isMainResult": r.is_main_result, "data": r.data}))
+        .collect();
+    out["error"] = json!(e.error.as_ref().map(|err| json!({
+        "kind": err.kind, "name": err.name, "value": err.value, "traceback": err.traceback
+    })));
+    out
 }
 
 /// A MIME bundle in E2B's result shape: well-known types get their own fields, codebox's
