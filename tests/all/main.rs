@@ -5,6 +5,7 @@ mod concurrency;
 mod e2b;
 mod files;
 mod limits;
+mod perf;
 mod python;
 mod rich;
 mod security;
