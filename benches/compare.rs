@@ -20,7 +20,10 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let repeats = if quick { 2 } else { 5 };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     eprintln!("native CPython ...");
     let python = bench_venv(root);
@@ -29,14 +32,25 @@ fn main() {
 
     eprintln!("codebox ...");
     let plain = Engine::builder().max_contexts(64).build().expect("engine");
-    let metered = Engine::builder().max_contexts(8).fuel_metering(true).build().expect("engine");
+    let metered = Engine::builder()
+        .max_contexts(8)
+        .fuel_metering(true)
+        .build()
+        .expect("engine");
     let unmetered = rt.block_on(run_codebox(&plain, repeats));
     let fueled = rt.block_on(run_codebox(&metered, repeats));
 
     eprintln!("engine numbers ...");
     let engine = rt.block_on(engine_numbers(&plain, quick));
 
-    let report = render(&native, &unmetered, &fueled, &engine, &native_version, repeats);
+    let report = render(
+        &native,
+        &unmetered,
+        &fueled,
+        &engine,
+        &native_version,
+        repeats,
+    );
     println!("{report}");
     std::fs::write(root.join("BENCHMARKS.md"), report).expect("write BENCHMARKS.md");
     eprintln!("wrote BENCHMARKS.md");
@@ -50,16 +64,25 @@ fn bench_venv(root: &Path) -> PathBuf {
         return python;
     }
     let system = std::env::var("CODEBOX_PYTHON").unwrap_or_else(|_| "python3".into());
-    assert!(command_ok(Path::new(&system), &["-m", "venv", dir.to_str().unwrap()]), "python3 -m venv failed");
     assert!(
-        command_ok(&python, &["-m", "pip", "install", "--quiet", "numpy", "pandas"]),
+        command_ok(Path::new(&system), &["-m", "venv", dir.to_str().unwrap()]),
+        "python3 -m venv failed"
+    );
+    assert!(
+        command_ok(
+            &python,
+            &["-m", "pip", "install", "--quiet", "numpy", "pandas"]
+        ),
         "pip install numpy pandas failed"
     );
     python
 }
 
 fn command_ok(program: &Path, args: &[&str]) -> bool {
-    Command::new(program).args(args).status().is_ok_and(|s| s.success())
+    Command::new(program)
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn command_line(program: &Path, args: &[&str]) -> String {
@@ -75,14 +98,29 @@ fn workload_source(repeats: u32) -> String {
 }
 
 fn run_native(python: &Path, repeats: u32) -> Medians {
-    let out = Command::new(python).arg("-c").arg(workload_source(repeats)).output().expect("run python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(workload_source(repeats))
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse_last_line(&String::from_utf8_lossy(&out.stdout))
 }
 
 async fn run_codebox(engine: &Engine, repeats: u32) -> Medians {
-    let limits = Limits { timeout: Duration::from_secs(1800), memory_bytes: 4 << 30, ..Limits::default() };
-    let ctx = engine.create_context(ContextOptions::new().limits(limits)).await.unwrap();
+    let limits = Limits {
+        timeout: Duration::from_secs(1800),
+        memory_bytes: 4 << 30,
+        ..Limits::default()
+    };
+    let ctx = engine
+        .create_context(ContextOptions::new().limits(limits))
+        .await
+        .unwrap();
     let run = ctx.execute(workload_source(repeats)).await.unwrap();
     assert!(run.error.is_none(), "{:?}", run.error);
     parse_last_line(&run.stdout)
@@ -99,7 +137,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 async fn fresh(engine: &Engine) -> Context {
-    engine.create_context(ContextOptions::default()).await.unwrap()
+    engine
+        .create_context(ContextOptions::default())
+        .await
+        .unwrap()
 }
 
 /// Times `code` on `ctx` `n` times; median in ms.
@@ -126,14 +167,26 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
         ctx.execute("1+1").await.unwrap();
         create.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    out.push(("new context → first `1+1` result".into(), median(create), "ms"));
+    out.push((
+        "new context → first `1+1` result".into(),
+        median(create),
+        "ms",
+    ));
 
     let ctx = fresh(engine).await;
     ctx.execute("x = 1").await.unwrap();
     let tiny = warm_ms(&ctx, "x + 1", n * 25).await;
     let silent = warm_ms(&ctx, "y = x", n * 25).await;
-    out.push(("tiny execution on a live context (`x + 1`)".into(), tiny * 1e3, "µs"));
-    out.push(("… of which the text result (`x + 1` minus `y = x`)".into(), (tiny - silent) * 1e3, "µs"));
+    out.push((
+        "tiny execution on a live context (`x + 1`)".into(),
+        tiny * 1e3,
+        "µs",
+    ));
+    out.push((
+        "… of which the text result (`x + 1` minus `y = x`)".into(),
+        (tiny - silent) * 1e3,
+        "µs",
+    ));
 
     let imports = if quick { 2 } else { 3 };
     for module in ["numpy", "pandas"] {
@@ -144,29 +197,51 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
             ctx.execute(format!("import {module}")).await.unwrap();
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
-        out.push((format!("`import {module}` in a fresh context"), median(times), "ms"));
+        out.push((
+            format!("`import {module}` in a fresh context"),
+            median(times),
+            "ms",
+        ));
     }
 
     let ctx = fresh(engine).await;
     let plot = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [3, 1, 2])\nplt.title('t')\nplt.show()";
     let start = Instant::now();
     ctx.execute(plot).await.unwrap();
-    out.push(("first matplotlib PNG in a fresh context".into(), start.elapsed().as_secs_f64() * 1e3, "ms"));
-    out.push(("small line chart as PNG, after the first".into(), warm_ms(&ctx, plot, if quick { 3 } else { 10 }).await, "ms"));
+    out.push((
+        "first matplotlib PNG in a fresh context".into(),
+        start.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    ));
+    out.push((
+        "small line chart as PNG, after the first".into(),
+        warm_ms(&ctx, plot, if quick { 3 } else { 10 }).await,
+        "ms",
+    ));
 
     let limit = Duration::from_millis(200);
     let ctx = engine
-        .create_context(ContextOptions::new().limits(Limits { timeout: limit, ..Limits::default() }))
+        .create_context(ContextOptions::new().limits(Limits {
+            timeout: limit,
+            ..Limits::default()
+        }))
         .await
         .unwrap();
-    for (name, code) in [("busy loop", "while True: pass"), ("time.sleep", "import time\ntime.sleep(60)")] {
+    for (name, code) in [
+        ("busy loop", "while True: pass"),
+        ("time.sleep", "import time\ntime.sleep(60)"),
+    ] {
         let mut late = Vec::new();
         for _ in 0..(if quick { 3 } else { 10 }) {
             let start = Instant::now();
             ctx.execute(code).await.unwrap();
             late.push(start.elapsed().saturating_sub(limit).as_secs_f64() * 1e3);
         }
-        out.push((format!("timeout overshoot, {name} (incl. the restart)"), median(late), "ms"));
+        out.push((
+            format!("timeout overshoot, {name} (incl. the restart)"),
+            median(late),
+            "ms",
+        ));
     }
 
     let (before, contexts) = (pss_mib(), 20);
@@ -176,13 +251,21 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
         ctx.execute("1+1").await.unwrap();
         idle.push(ctx);
     }
-    out.push(("idle context after `1+1` (PSS)".into(), (pss_mib() - before) / contexts as f64, "MiB"));
+    out.push((
+        "idle context after `1+1` (PSS)".into(),
+        (pss_mib() - before) / contexts as f64,
+        "MiB",
+    ));
     let with_pandas = 4;
     let before = pss_mib();
     for ctx in idle.iter().take(with_pandas) {
         ctx.execute("import numpy, pandas").await.unwrap();
     }
-    out.push(("… after `import numpy, pandas` (PSS)".into(), (pss_mib() - before) / with_pandas as f64, "MiB more"));
+    out.push((
+        "… after `import numpy, pandas` (PSS)".into(),
+        (pss_mib() - before) / with_pandas as f64,
+        "MiB more",
+    ));
     out
 }
 
@@ -200,15 +283,30 @@ fn pss_mib() -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map(|kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0))
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    format!("{cores} cores ({cpu}), {mem} RAM, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({cpu}), {mem} RAM, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
 }
 
 fn render(
@@ -221,7 +319,10 @@ fn render(
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Benchmarks\n");
-    let _ = writeln!(s, "Generated by `cargo bench --bench compare` — do not edit by hand; rerun it.\n");
+    let _ = writeln!(
+        s,
+        "Generated by `cargo bench --bench compare` — do not edit by hand; rerun it.\n"
+    );
     let _ = writeln!(s, "Machine: {}.\n", machine());
     let _ = writeln!(s, "## codebox vs native CPython\n");
     let _ = writeln!(
@@ -231,7 +332,10 @@ fn render(
          without fuel metering. Each workload runs once to warm up, then {repeats} times; the table shows the \
          medians in milliseconds and the ratio codebox / native.\n"
     );
-    let _ = writeln!(s, "| workload | native ms | codebox ms | ratio | codebox + fuel ms | ratio |");
+    let _ = writeln!(
+        s,
+        "| workload | native ms | codebox ms | ratio | codebox + fuel ms | ratio |"
+    );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     for (name, native_ms) in native {
         let plain = unmetered.get(name).copied().unwrap_or(f64::NAN);
@@ -244,7 +348,10 @@ fn render(
         );
     }
     let _ = writeln!(s, "\n## Engine\n");
-    let _ = writeln!(s, "Medians over repeated runs on the same machine (idle memory: the growth of this process's PSS divided by the number of contexts).\n");
+    let _ = writeln!(
+        s,
+        "Medians over repeated runs on the same machine (idle memory: the growth of this process's PSS divided by the number of contexts).\n"
+    );
     let _ = writeln!(s, "| measure | value |");
     let _ = writeln!(s, "|---|---:|");
     for (name, value, unit) in engine {

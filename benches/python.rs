@@ -1,27 +1,38 @@
-//! Python context benchmarks: creation, warm execution, timeout precision, idle memory.
+//! Criterion benches of Python contexts, grouped like the engine's hot paths: `create`,
+//! `execute_warm`, `imports`, `data`, `http`, `throughput`.
 //!
-//! Run: `cargo bench --bench python` (add `-- --quick` for a fast smoke run). Memory and
-//! timeout numbers are printed as `report:` lines after the criterion groups.
+//! Run: `cargo bench --bench python` (`-- --quick` for a smoke run, `-- create` for one
+//! group). Memory per context and timeout precision are in `cargo bench --bench compare`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use codebox::{ContextOptions, Engine, ExecuteRequest, Limits};
-use criterion::{Criterion, criterion_group};
+use codebox::{Context, ContextOptions, Engine};
+use codebox_server::{Server, ServerConfig};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
 
-fn engine() -> Engine {
-    Engine::builder().max_contexts(64).build().expect("engine")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
+fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio")
 }
 
+fn engine() -> Engine {
+    Engine::builder().max_contexts(64).build().expect("engine")
+}
+
+fn context(rt: &Runtime, engine: &Engine, setup: &str) -> Context {
+    let ctx = rt
+        .block_on(engine.create_context(ContextOptions::default()))
+        .unwrap();
+    let run = rt.block_on(ctx.execute(setup)).unwrap();
+    assert!(run.error.is_none(), "{setup}: {:?}", run.error);
+    ctx
+}
+
 fn create(c: &mut Criterion) {
-    let engine = engine();
-    let rt = runtime();
+    let (rt, engine) = (runtime(), engine());
     let mut group = c.benchmark_group("create");
     group.bench_function("python_context_to_first_result", |b| {
         b.to_async(&rt).iter(|| async {
@@ -29,120 +40,170 @@ fn create(c: &mut Criterion) {
                 .create_context(ContextOptions::default())
                 .await
                 .unwrap();
-            let run = ctx.execute("1+1").await.unwrap();
-            assert_eq!(run.text(), Some("2"));
+            assert_eq!(ctx.execute("1+1").await.unwrap().text(), Some("2"));
         })
     });
     group.finish();
 }
 
 fn execute_warm(c: &mut Criterion) {
-    let engine = engine();
-    let rt = runtime();
-    let ctx = rt
-        .block_on(engine.create_context(ContextOptions::default()))
-        .unwrap();
-    rt.block_on(ctx.execute("x = 1")).unwrap();
+    let (rt, engine) = (runtime(), engine());
+    let ctx = context(&rt, &engine, "x = 1");
     let mut group = c.benchmark_group("execute_warm");
-    group.bench_function("python_tiny", |b| {
-        b.to_async(&rt)
-            .iter(|| async { ctx.execute("x + 1").await.unwrap() })
-    });
-    group.bench_function("python_print", |b| {
-        b.to_async(&rt)
-            .iter(|| async { ctx.execute("print('hello')").await.unwrap() })
-    });
+    for (name, code) in [
+        ("python_tiny", "x + 1"),
+        ("python_no_result", "y = x"),
+        ("python_print", "print('hello')"),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt)
+                .iter(|| async { ctx.execute(code).await.unwrap() })
+        });
+    }
     group.finish();
 }
 
-/// How late timeouts fire, for a busy loop and for a sleep.
-fn timeout_report() {
-    let engine = engine();
-    let rt = runtime();
-    let limit = Duration::from_millis(200);
-    let ctx = rt
-        .block_on(engine.create_context(ContextOptions::new().limits(Limits {
-            timeout: limit,
-            ..Limits::default()
-        })))
-        .unwrap();
-    for (name, code) in [
-        ("busy loop", "while True: pass"),
-        ("sleep", "import time\ntime.sleep(60)"),
-    ] {
-        let mut late: Vec<f64> = (0..15)
-            .map(|_| {
-                let started = Instant::now();
-                // The restart after a timeout happens inside execute; time only until the stop.
-                let run = rt.block_on(ctx.execute(ExecuteRequest::new(code))).unwrap();
-                assert!(run.error.is_some());
-                (started.elapsed().saturating_sub(limit)).as_secs_f64() * 1e3
+fn imports(c: &mut Criterion) {
+    let (rt, engine) = (runtime(), engine());
+    let mut group = c.benchmark_group("imports");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    for module in ["numpy", "pandas"] {
+        group.bench_function(BenchmarkId::new("fresh_context", module), |b| {
+            b.to_async(&rt).iter(|| async {
+                let ctx = engine
+                    .create_context(ContextOptions::default())
+                    .await
+                    .unwrap();
+                assert!(
+                    ctx.execute(format!("import {module}"))
+                        .await
+                        .unwrap()
+                        .error
+                        .is_none()
+                );
             })
-            .collect();
-        late.sort_by(|a, b| a.total_cmp(b));
-        println!(
-            "report: timeout ({name}, limit 200 ms) returns late by p50 {:.1} ms, max {:.1} ms (includes the ~2 ms restart)",
-            late[late.len() / 2],
-            late[late.len() - 1]
-        );
+        });
     }
+    group.finish();
 }
 
-/// Resident memory per idle context after `1+1`, from /proc.
-fn memory_report() {
-    let engine = engine();
-    let rt = runtime();
-    let n = 40;
-    let before = proc_memory();
-    let contexts: Vec<_> = (0..n)
-        .map(|_| {
-            let ctx = rt
-                .block_on(engine.create_context(ContextOptions::default()))
-                .unwrap();
-            rt.block_on(ctx.execute("1+1")).unwrap();
-            ctx
-        })
+fn data(c: &mut Criterion) {
+    let (rt, engine) = (runtime(), engine());
+    let ctx = context(
+        &rt,
+        &engine,
+        "import numpy as np, pandas as pd, matplotlib.pyplot as plt\n\
+         df = pd.DataFrame({'k': np.random.default_rng(1).integers(0, 100, 100_000), 'v': np.random.default_rng(2).random(100_000)})\n\
+         m = np.random.default_rng(3).random((500, 500))\n\
+         plt.plot([1, 2]); plt.show()",
+    );
+    let mut group = c.benchmark_group("data");
+    group.sample_size(20);
+    for (name, code) in [
+        ("pandas_groupby_100k", "df.groupby('k').v.sum()"),
+        ("numpy_matmul_500", "m @ m; None"),
+        (
+            "matplotlib_line_png",
+            "plt.plot([1, 2, 3], [3, 1, 2]); plt.title('t'); plt.show()",
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt)
+                .iter(|| async { assert!(ctx.execute(code).await.unwrap().error.is_none()) })
+        });
+    }
+    group.finish();
+}
+
+fn http(c: &mut Criterion) {
+    let (rt, engine) = (runtime(), engine());
+    let (base, id) = rt.block_on(async {
+        let server = Server::bind(engine, ServerConfig::new(vec!["k".into()]), "127.0.0.1:0")
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.local_addr());
+        tokio::spawn(server.run());
+        let client = reqwest::Client::new();
+        let sandbox: serde_json::Value = client
+            .post(format!("{base}/sandboxes"))
+            .bearer_auth("k")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (base, sandbox["sandboxID"].as_str().unwrap().to_string())
+    });
+    let client = reqwest::Client::new();
+    let url = format!("{base}/sandboxes/{id}/execute");
+    let mut group = c.benchmark_group("http");
+    for (name, accept) in [
+        ("execute_json", "application/json"),
+        ("execute_ndjson", "application/x-ndjson"),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let response = client
+                    .post(&url)
+                    .bearer_auth("k")
+                    .header("Accept", accept)
+                    .json(&serde_json::json!({"code": "1 + 1"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+                response.bytes().await.unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let (rt, engine) = (runtime(), engine());
+    let (contexts, executions) = (8, 10);
+    let pool: Vec<Context> = (0..contexts)
+        .map(|_| context(&rt, &engine, "n = 0"))
         .collect();
-    let after = proc_memory();
-    println!(
-        "report: idle context after 1+1: {:.2} MiB RSS, {:.2} MiB PSS each ({n} contexts)",
-        (after.0 - before.0) / n as f64,
-        (after.1 - before.1) / n as f64
+    let pool = std::sync::Arc::new(pool);
+    let mut group = c.benchmark_group("throughput");
+    group.throughput(Throughput::Elements((contexts * executions) as u64));
+    group.bench_function(
+        format!("{contexts}_contexts_x_{executions}_executions"),
+        |b| {
+            b.to_async(&rt).iter(|| {
+                let pool = pool.clone();
+                async move {
+                    let tasks: Vec<_> = (0..contexts)
+                        .map(|i| {
+                            let pool = pool.clone();
+                            tokio::spawn(async move {
+                                for _ in 0..executions {
+                                    pool[i].execute("n += sum(range(1000))").await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                }
+            })
+        },
     );
-    let with_pandas = 5;
-    for ctx in contexts.iter().take(with_pandas) {
-        rt.block_on(ctx.execute("import numpy, pandas")).unwrap();
-    }
-    let pandas = proc_memory();
-    println!(
-        "report: after `import numpy, pandas`: +{:.1} MiB PSS each",
-        (pandas.1 - after.1) / with_pandas as f64
-    );
-    drop(contexts);
+    group.finish();
 }
 
-/// (RSS, PSS) of this process in MiB.
-fn proc_memory() -> (f64, f64) {
-    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    let field = |name: &str| {
-        rollup
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("Rss:"), field("Pss:"))
-}
-
-criterion_group!(benches, create, execute_warm);
-
-fn main() {
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
-    timeout_report();
-    memory_report();
-}
+criterion_group!(
+    benches,
+    create,
+    execute_warm,
+    imports,
+    data,
+    http,
+    throughput
+);
+criterion_main!(benches);

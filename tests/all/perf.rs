@@ -25,7 +25,10 @@ const RECORDED_FUEL: u64 = 106_368_141;
 
 #[tokio::test]
 async fn a_fixed_workload_burns_the_recorded_fuel_within_three_percent() {
-    let ctx = metered_engine().create_context(ContextOptions::default()).await.unwrap();
+    let ctx = metered_engine()
+        .create_context(ContextOptions::default())
+        .await
+        .unwrap();
     let run = ok(&ctx, WORKLOAD).await;
     assert_eq!(run.text(), Some("(2584, 97, 500, 0.000158, 400)"));
     let fuel = run.fuel_consumed.expect("the engine meters fuel");
