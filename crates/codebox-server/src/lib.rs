@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use codebox::{Engine, Limits};
 
 use crate::auth::Keys;
@@ -159,7 +160,12 @@ impl Server {
                 }
             }
         });
-        axum::serve(self.listener, router(app)).await
+        // Streamed events are small writes: without TCP_NODELAY, Nagle's algorithm holds each
+        // one back for tens of milliseconds.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router(app)).await
     }
 }
 
