@@ -32,6 +32,7 @@ mod limits;
 mod module_cache;
 mod output;
 mod progress;
+mod transform;
 mod runtime;
 
 pub use context::{Context, ContextOptions, ExecuteRequest, MAX_CODE_BYTES};
