@@ -257,15 +257,24 @@ function bundle(value) {
   return data;
 }
 
+const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+function base64(bytes) {
+  let out = "";
+  for (let i = 0; i < bytes.length; i += 3) {
+    const n = (bytes[i] << 16) | ((bytes[i + 1] || 0) << 8) | (bytes[i + 2] || 0);
+    out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63];
+    out += i + 1 < bytes.length ? B64[(n >> 6) & 63] : "=";
+    out += i + 2 < bytes.length ? B64[n & 63] : "=";
+  }
+  return out;
+}
+
+// display(value) shows a value as a result; display(data, mime) shows raw data of that type
+// (a string, or bytes for images).
 globalThis.display = (value, mime) => {
   if (typeof mime === "string") {
-    const bytes = value instanceof Uint8Array ? value : null;
-    let data = bytes ? std.btoa ? std.btoa(String.fromCharCode(...bytes)) : null : String(value);
-    if (bytes && data === null) {
-      let binary = "";
-      for (const b of bytes) binary += String.fromCharCode(b);
-      data = btoa(binary);
-    }
+    const data = value instanceof Uint8Array ? base64(value) : String(value);
     displays.push({ data: { [mime]: data, "text/plain": `<${mime}>` }, main: false });
   } else {
     displays.push({ data: bundle(value), main: false });
@@ -280,24 +289,28 @@ function errorReport(e) {
   return { name: "Uncaught", value: inspect(e), traceback: `Uncaught ${inspect(e)}` };
 }
 
+async function report(outcome, threw) {
+  const report = { results: [], error: null };
+  try {
+    if (threw) throw outcome;
+    // An async script's promise resolves to { value: <completion value> }.
+    const settled = await outcome;
+    const value = settled && typeof settled === "object" && "value" in settled ? settled.value : settled;
+    report.results = displays;
+    if (value !== undefined) report.results.push({ data: bundle(value), main: true });
+  } catch (e) {
+    report.results = displays;
+    report.error = errorReport(e);
+  }
+  displays = [];
+  return JSON.stringify(report);
+}
+
+// The host calls one of these after each cell: with what evaluating the cell returned (a
+// promise, with top-level await), or with what it threw.
 globalThis.__codebox = {
-  // `outcome` is what evaluating the cell returned (a promise, with top-level await) or
-  // threw; `threw` says which.
-  async report(outcome, threw) {
-    const report = { results: [], error: null };
-    try {
-      if (threw) throw outcome;
-      const settled = await outcome;
-      const value = settled && typeof settled === "object" && "value" in settled ? settled.value : settled;
-      report.results = displays;
-      if (value !== undefined) report.results.push({ data: bundle(value), main: true });
-    } catch (e) {
-      report.results = displays;
-      report.error = errorReport(e);
-    }
-    displays = [];
-    return JSON.stringify(report);
-  },
+  fulfilled: (outcome) => report(outcome, false),
+  threw: (error) => report(error, true),
   inspect,
 };
 

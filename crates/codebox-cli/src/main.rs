@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use codebox::{
-    Context, ContextOptions, Engine, ExecuteRequest, Execution, Limits, Progress, Stream,
+    Context, ContextOptions, Engine, ExecuteRequest, Execution, Language, Limits, Progress, Stream,
 };
 
 #[derive(Parser)]
@@ -54,6 +54,10 @@ struct RunArgs {
 
 #[derive(Args)]
 struct LimitArgs {
+    /// Language: python, javascript (js) or typescript (ts). Default: from the script's
+    /// extension, else python.
+    #[arg(long, value_name = "LANG")]
+    lang: Option<String>,
     /// Time limit per execution, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     timeout: f64,
@@ -143,7 +147,24 @@ async fn engine(fuel: bool) -> Result<Engine, String> {
     .map_err(|e| e.to_string())
 }
 
-async fn context(args: &LimitArgs) -> Result<Context, String> {
+fn language(args: &LimitArgs, script: Option<&std::path::Path>) -> Result<Language, String> {
+    if let Some(name) = &args.lang {
+        return Language::parse(name).ok_or_else(|| {
+            format!("unknown language {name:?}; use python, javascript or typescript")
+        });
+    }
+    let extension = script
+        .and_then(|p| p.extension())
+        .and_then(|e| e.to_str())
+        .unwrap_or("");
+    Ok(match extension {
+        "js" | "mjs" | "cjs" => Language::JavaScript,
+        "ts" | "mts" => Language::TypeScript,
+        _ => Language::Python,
+    })
+}
+
+async fn context(args: &LimitArgs, language: Language) -> Result<Context, String> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         return Err("--timeout must be a positive number of seconds".into());
     }
@@ -153,7 +174,7 @@ async fn context(args: &LimitArgs) -> Result<Context, String> {
         fuel: args.fuel,
         ..Limits::default()
     };
-    let mut options = ContextOptions::new().limits(limits);
+    let mut options = ContextOptions::new().limits(limits).language(language);
     for pair in &args.env {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(format!("--env {pair:?} is not KEY=VALUE"));
@@ -177,7 +198,11 @@ async fn run(args: RunArgs) -> CliResult {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
         (None, None) => return Err("give code with -c CODE or a script file".into()),
     };
-    let ctx = context(&args.limits).await?;
+    let ctx = context(
+        &args.limits,
+        language(&args.limits, args.script.as_deref())?,
+    )
+    .await?;
     for spec in &args.files {
         let (local, dest) = match spec.rsplit_once(':') {
             Some((local, dest)) if !dest.is_empty() && !local.is_empty() => {
@@ -259,7 +284,7 @@ fn exit_code(execution: &Execution) -> ExitCode {
 }
 
 async fn repl(args: LimitArgs) -> CliResult {
-    let ctx = context(&args).await?;
+    let ctx = context(&args, language(&args, None)?).await?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("codebox Python sandbox; state persists between inputs. Ctrl-D to quit.");

@@ -4,39 +4,19 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Memory, Store, Trap, TypedFunc, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::engine::{ContextSlot, Engine};
 use crate::execution::{ErrorKind, Execution, ExecutionError};
 use crate::files::{GUEST_HOME, HomeDir};
+use serde::{Deserialize, Serialize};
+
 use crate::host::{self, Boot, DiskQuota, Door, HostState, MemoryLimiter};
+use crate::js::JsInstance;
 use crate::output::{Capture, GuestStream, OutputCallback, SharedCapture};
+use crate::python::PythonInstance;
 use crate::{Error, Limits, Stream};
-
-pub(crate) const KERNEL_SOURCE: &str =
-    include_str!("../../../wasm-runtimes/python/codebox_kernel.py");
-
-/// Loads the kernel module: its bytecode when an earlier context compiled it, else its
-/// source (then compiled here and offered back to the host for later contexts).
-const BOOT_TURN: &str = r#"
-def _codebox_boot():
-    import _host, marshal, sys, types
-    blob = _host.call(b"!kernel")
-    if blob[:1] == b"M":
-        code = marshal.loads(blob[1:])
-    else:
-        code = compile(blob[1:], "<codebox-kernel>", "exec")
-        _host.call(b"!bytecode" + marshal.dumps(code))
-    module = types.ModuleType("_codebox_kernel")
-    sys.modules["_codebox_kernel"] = module
-    exec(code, module.__dict__)
-_codebox_boot()
-del _codebox_boot
-"#;
-
-/// Runs one cell; the kernel fetches the code through the door.
-const RUN_TURN: &str = "__import__('_codebox_kernel').run()";
 
 /// matplotlib's config and cache directory inside the guest; a prebuilt font cache is copied
 /// there so the first plot does not rebuild it.
@@ -59,6 +39,43 @@ pub struct ContextOptions {
     /// The working directory, a path under `/home/user` (created if missing). Default
     /// `/home/user`.
     pub cwd: Option<String>,
+    /// The language the context runs. Default Python.
+    pub language: Language,
+}
+
+/// The languages a context can run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// CPython 3.15 with the scientific stack.
+    #[default]
+    Python,
+    /// JavaScript on QuickJS-NG.
+    JavaScript,
+    /// TypeScript, type-stripped on the host, then run as JavaScript.
+    TypeScript,
+}
+
+impl Language {
+    /// Parses a language name as clients send it, case-insensitively: `python`/`py`,
+    /// `javascript`/`js`/`node`, `typescript`/`ts`.
+    pub fn parse(name: &str) -> Option<Language> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "python" | "python3" | "py" => Some(Language::Python),
+            "javascript" | "js" | "node" | "nodejs" => Some(Language::JavaScript),
+            "typescript" | "ts" => Some(Language::TypeScript),
+            _ => None,
+        }
+    }
+
+    /// The language's name as the APIs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::JavaScript => "javascript",
+            Language::TypeScript => "typescript",
+        }
+    }
 }
 
 impl ContextOptions {
@@ -82,6 +99,12 @@ impl ContextOptions {
     /// Sets the working directory (a path under `/home/user`).
     pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
         self.cwd = Some(cwd.into());
+        self
+    }
+
+    /// Sets the language.
+    pub fn language(mut self, language: Language) -> Self {
+        self.language = language;
         self
     }
 
@@ -187,11 +210,27 @@ struct State {
 }
 
 /// The running instance.
-struct Live {
-    store: Store<HostState>,
-    turn: TypedFunc<(i32, i32), i32>,
-    alloc: TypedFunc<i32, i32>,
-    memory: Memory,
+enum Live {
+    Python(PythonInstance),
+    Js(JsInstance),
+}
+
+impl Live {
+    fn store(&mut self) -> &mut Store<HostState> {
+        match self {
+            Live::Python(p) => &mut p.store,
+            Live::Js(j) => &mut j.store,
+        }
+    }
+
+    /// Runs the cell waiting in the door; the guest's report lands in the door too. Returns
+    /// the guest's status (0 normal, else an exit status).
+    async fn run_cell(&mut self, execution_count: u64, typescript: bool) -> wasmtime::Result<i32> {
+        match self {
+            Live::Python(p) => p.run_cell().await,
+            Live::Js(j) => j.run_cell(execution_count, typescript).await,
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -313,22 +352,27 @@ impl Context {
 }
 
 impl State {
-    /// Instantiates the runtime and loads the kernel.
-    async fn start(&mut self) -> Result<Live, Error> {
+    /// A new store with this context's WASI view, limits and host state.
+    fn new_store(&self) -> Result<Store<HostState>, Error> {
         let inner = &self.engine.inner;
         let files = &inner.files;
         let limits = &self.options.limits;
+        let language = self.options.language;
 
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&["/usr/local/bin/python.wasm"])
-            .env("HOME", GUEST_HOME)
+        wasi.env("HOME", GUEST_HOME)
             .env("TMPDIR", "/tmp")
-            .env("PYTHONTZPATH", "")
-            .env("MPLBACKEND", "module://_codebox_mpl_backend")
-            .env("MPLCONFIGDIR", MPL_CONFIG_DIR)
             .stdout(GuestStream::new(self.capture.clone(), Stream::Stdout))
             .stderr(GuestStream::new(self.capture.clone(), Stream::Stderr))
             .allow_blocking_current_thread(true);
+        if language == Language::Python {
+            wasi.args(&["/usr/local/bin/python.wasm"])
+                .env("PYTHONTZPATH", "")
+                .env("MPLBACKEND", "module://_codebox_mpl_backend")
+                .env("MPLCONFIGDIR", MPL_CONFIG_DIR);
+        } else {
+            wasi.args(&["qjs"]);
+        }
         for (key, value) in &self.options.env {
             wasi.env(key, value);
         }
@@ -348,18 +392,20 @@ impl State {
                         Error::internal(format!("mounting {} at {guest}: {e:#}", host.display()))
                     })
             };
-        // The order matters to the runtime: stdlib, matplotlib data, /tmp, then home.
-        preopen(&mut wasi, &files.lib_dir, "/usr/local/lib", false)?;
-        preopen(
-            &mut wasi,
-            &files.mpl_data_dir,
-            "/usr/local/lib/python315.zip/matplotlib/mpl-data",
-            false,
-        )?;
-        preopen(&mut wasi, self.tmp.path(), "/tmp", true)?;
-        if let Some(Some(fonts)) = inner.mpl_font_cache.get() {
-            copy_font_cache(fonts, self.tmp.path())?;
+        if language == Language::Python {
+            // The order matters to the runtime: stdlib, matplotlib data, /tmp, then home.
+            preopen(&mut wasi, &files.python_lib_dir(), "/usr/local/lib", false)?;
+            preopen(
+                &mut wasi,
+                &files.mpl_data_dir(),
+                "/usr/local/lib/python315.zip/matplotlib/mpl-data",
+                false,
+            )?;
+            if let Some(Some(fonts)) = inner.mpl_font_cache.get() {
+                copy_font_cache(fonts, self.tmp.path())?;
+            }
         }
+        preopen(&mut wasi, self.tmp.path(), "/tmp", true)?;
         preopen(&mut wasi, self.home.host_path(), GUEST_HOME, true)?;
 
         let state = HostState {
@@ -398,61 +444,24 @@ impl State {
         if inner.fuel_metering {
             store.set_fuel(u64::MAX).map_err(Error::internal)?;
         }
+        Ok(store)
+    }
 
-        let instance = inner
-            .python
-            .instantiate_async(&mut store)
-            .await
-            .map_err(Error::internal)?;
-        let func = |store: &mut Store<HostState>, name: &str| {
-            instance
-                .get_func(&mut *store, name)
-                .ok_or_else(|| Error::Internal(format!("the runtime does not export {name}")))
-        };
-        if let Ok(init) = func(&mut store, "_initialize") {
-            init.typed::<(), ()>(&store)
-                .map_err(Error::internal)?
-                .call_async(&mut store, ())
+    /// Instantiates the runtime and loads the guest-side kernel or prelude.
+    async fn start(&mut self) -> Result<Live, Error> {
+        let store = self.new_store()?;
+        let inner = self.engine.inner.clone();
+        match self.options.language {
+            Language::Python => PythonInstance::start(&inner, store, &self.capture)
                 .await
-                .map_err(Error::internal)?;
-        }
-        let turn = func(&mut store, "turn")?
-            .typed(&store)
-            .map_err(Error::internal)?;
-        let alloc = func(&mut store, "host_alloc")?
-            .typed(&store)
-            .map_err(Error::internal)?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or_else(|| Error::Internal("the runtime exports no memory".into()))?;
-        inner
-            .writes
-            .bind(&mut store, memory)
-            .await
-            .map_err(Error::internal)?;
-        let mut live = Live {
-            store,
-            turn,
-            alloc,
-            memory,
-        };
-
-        self.capture
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .start(64 << 10, None);
-        let status = live.turn(BOOT_TURN).await;
-        let boot_output = self
-            .capture
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .finish();
-        match status {
-            Ok(0) if live.store.data().door.error.is_none() => Ok(live),
-            other => Err(Error::Internal(format!(
-                "the Python kernel failed to start ({other:?}): {}",
-                boot_output.stderr.trim()
-            ))),
+                .map(Live::Python),
+            Language::JavaScript | Language::TypeScript => {
+                let runtime = self.engine.javascript().await?;
+                let memory_limit = self.options.limits.memory_bytes;
+                JsInstance::start(&inner, &runtime, store, &self.capture, memory_limit)
+                    .await
+                    .map(Live::Js)
+            }
         }
     }
 
@@ -469,12 +478,13 @@ impl State {
         let timeout = request.timeout.unwrap_or(limits.timeout);
         let fuel_budget = limits.fuel;
         let metered = self.engine.inner.fuel_metering;
+        let typescript = self.options.language == Language::TypeScript;
         let live = self.live.as_mut().expect("started above");
 
         let started = Instant::now();
         let deadline = started + timeout;
         {
-            let data = live.store.data_mut();
+            let data = live.store().data_mut();
             data.deadline = deadline;
             data.door = Door {
                 code: request.code,
@@ -484,9 +494,9 @@ impl State {
             data.memory.refused = false;
             data.quota.start_execution();
         }
-        live.store.set_epoch_deadline(1);
+        live.store().set_epoch_deadline(1);
         if metered {
-            live.store
+            live.store()
                 .set_fuel(fuel_budget.unwrap_or(u64::MAX))
                 .map_err(Error::internal)?;
         }
@@ -497,10 +507,12 @@ impl State {
         self.executions += 1;
 
         self.in_flight = true;
-        let outcome = tokio::time::timeout_at(deadline.into(), live.turn(RUN_TURN)).await;
+        let outcome =
+            tokio::time::timeout_at(deadline.into(), live.run_cell(self.executions, typescript))
+                .await;
         self.in_flight = false;
         let fuel_left = if metered {
-            live.store.get_fuel().ok()
+            live.store().get_fuel().ok()
         } else {
             None
         };
@@ -509,7 +521,7 @@ impl State {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .finish();
-        let data = live.store.data_mut();
+        let data = live.store().data_mut();
         let door = std::mem::take(&mut data.door);
         let memory_refused = data.memory.refused;
         let quota_refused = data.quota.refused;
@@ -583,17 +595,6 @@ impl State {
         }
         execution.duration = started.elapsed();
         Ok(execution)
-    }
-}
-
-impl Live {
-    /// Writes `source` into guest memory and runs it as one turn.
-    async fn turn(&mut self, source: &str) -> wasmtime::Result<i32> {
-        let len = i32::try_from(source.len())?;
-        let ptr = self.alloc.call_async(&mut self.store, len).await?;
-        self.memory
-            .write(&mut self.store, ptr as u32 as usize, source.as_bytes())?;
-        self.turn.call_async(&mut self.store, (ptr, len)).await
     }
 }
 

@@ -11,6 +11,7 @@ use wasmtime::{
 
 use crate::context::{Context, ContextOptions};
 use crate::host::{self, HostState};
+use crate::js::JsRuntime;
 use crate::progress::Progress;
 use crate::runtime::{self, Manifest, RuntimeFiles};
 use crate::{Error, font_cache, fsutil, module_cache};
@@ -136,8 +137,12 @@ impl EngineBuilder {
                 live_contexts: AtomicUsize::new(0),
                 fuel_metering: self.fuel_metering,
                 mpl_font_cache: OnceLock::new(),
+                javascript: tokio::sync::OnceCell::new(),
+                cache_dir: cache_dir.clone(),
+                install: self.install,
+                progress: self.progress.clone(),
                 kernel: Arc::new(host::KernelCode {
-                    source: crate::context::KERNEL_SOURCE,
+                    source: crate::python::KERNEL_SOURCE,
                     bytecode: OnceLock::new(),
                 }),
             }),
@@ -199,6 +204,11 @@ pub(crate) struct EngineInner {
     pub mpl_font_cache: OnceLock<Option<PathBuf>>,
     /// The guest kernel, compiled by the first context that starts.
     pub kernel: Arc<host::KernelCode>,
+    /// The JavaScript runtime, installed and compiled when the first JS context starts.
+    pub javascript: tokio::sync::OnceCell<Arc<JsRuntime>>,
+    pub cache_dir: PathBuf,
+    pub install: bool,
+    pub progress: Progress,
 }
 
 impl std::fmt::Debug for Engine {
@@ -237,6 +247,20 @@ impl Engine {
         self.inner.fuel_metering
     }
 
+    /// The JavaScript runtime, installed (with pip) and compiled on first use.
+    pub(crate) async fn javascript(&self) -> Result<Arc<JsRuntime>, Error> {
+        let inner = self.inner.clone();
+        self.inner
+            .javascript
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || load_javascript(&inner))
+                    .await
+                    .map_err(|e| Error::internal(format!("loading JavaScript: {e}")))?
+            })
+            .await
+            .cloned()
+    }
+
     /// Takes a context slot, or fails when all are in use.
     pub(crate) fn acquire_slot(&self) -> Result<ContextSlot, Error> {
         let limit = self.inner.max_contexts;
@@ -257,6 +281,32 @@ impl Drop for ContextSlot {
     fn drop(&mut self) {
         self.0.live_contexts.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+fn load_javascript(inner: &EngineInner) -> Result<Arc<JsRuntime>, Error> {
+    let manifest = Manifest::javascript();
+    let runtimes = runtime::runtimes_dir(&inner.cache_dir);
+    let files = if inner.install {
+        runtime::ensure_installed(&runtimes, &manifest, &inner.progress)?
+    } else {
+        RuntimeFiles::open(&runtimes, &manifest)?
+    };
+    let key = module_cache::cache_key(&inner.wasm, &files.module_sha256);
+    let module = module_cache::load_or_compile(
+        &inner.wasm,
+        &inner.cache_dir.join("compiled"),
+        "javascript",
+        &key,
+        &inner.progress,
+        || {
+            files.verify_module()?;
+            std::fs::read(&files.module_path).map_err(|e| Error::io(&files.module_path, e))
+        },
+    )?;
+    let mut linker = Linker::<HostState>::new(&inner.wasm);
+    host::add_to_linker(&mut linker).map_err(Error::internal)?;
+    let pre = linker.instantiate_pre(&module).map_err(Error::internal)?;
+    Ok(Arc::new(JsRuntime { pre }))
 }
 
 /// Advances the epoch every tick while the engine is alive. Holds only a weak reference, so

@@ -28,14 +28,16 @@ mod files;
 mod font_cache;
 mod fsutil;
 mod host;
+mod js;
 mod limits;
 mod module_cache;
 mod output;
 mod progress;
-mod transform;
+mod python;
 mod runtime;
+mod transform;
 
-pub use context::{Context, ContextOptions, ExecuteRequest, MAX_CODE_BYTES};
+pub use context::{Context, ContextOptions, ExecuteRequest, Language, MAX_CODE_BYTES};
 pub use engine::{Engine, EngineBuilder};
 pub use error::Error;
 pub use execution::{DisplayData, ErrorKind, Execution, ExecutionError, Stream};

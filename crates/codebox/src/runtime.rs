@@ -18,6 +18,7 @@ use crate::Error;
 use crate::progress::Progress;
 
 const PYTHON_MANIFEST: &str = include_str!("../../../wasm-runtimes/python.toml");
+const JAVASCRIPT_MANIFEST: &str = include_str!("../../../wasm-runtimes/javascript.toml");
 
 /// Pinned description of one runtime wheel (see `wasm-runtimes/python.toml`).
 #[derive(Debug, Deserialize)]
@@ -58,30 +59,49 @@ impl Manifest {
         toml::from_str(PYTHON_MANIFEST).expect("wasm-runtimes/python.toml is valid")
     }
 
+    pub(crate) fn javascript() -> Manifest {
+        toml::from_str(JAVASCRIPT_MANIFEST).expect("wasm-runtimes/javascript.toml is valid")
+    }
+
+    fn all() -> [Manifest; 2] {
+        [Manifest::python(), Manifest::javascript()]
+    }
+
+    /// The guest module: the one `.wasm` file.
+    fn module(&self) -> &FileEntry {
+        self.files
+            .iter()
+            .find(|f| f.file.ends_with(".wasm"))
+            .expect("manifest names a module")
+    }
+
     /// Directory name of this runtime inside the runtimes directory, e.g. `python-0.1.0`.
     pub(crate) fn dir_name(&self) -> String {
         format!("{}-{}", self.name, self.version)
     }
-
-    fn file(&self, name: &str) -> &FileEntry {
-        self.files
-            .iter()
-            .find(|f| f.file == name)
-            .expect("manifest names the file")
-    }
 }
 
-/// The verified files of an installed Python runtime.
+/// The verified files of an installed runtime.
 #[derive(Debug, Clone)]
 pub(crate) struct RuntimeFiles {
-    /// Holds `python315.zip` and nothing else: preopened read-only at `/usr/local/lib`.
-    pub lib_dir: PathBuf,
-    /// matplotlib's data directory, preopened read-only inside the stdlib path.
-    pub mpl_data_dir: PathBuf,
-    /// The pre-initialised interpreter module.
+    /// The runtime's directory.
+    pub dir: PathBuf,
+    /// The guest module.
     pub module_path: PathBuf,
     /// sha256 of the module, which keys the compiled-module cache.
     pub module_sha256: String,
+}
+
+impl RuntimeFiles {
+    /// Python: holds `python315.zip` and nothing else, preopened read-only at `/usr/local/lib`.
+    pub fn python_lib_dir(&self) -> PathBuf {
+        self.dir.join("lib")
+    }
+
+    /// Python: matplotlib's data directory, preopened read-only inside the stdlib path.
+    pub fn mpl_data_dir(&self) -> PathBuf {
+        self.dir.join("mpl-data")
+    }
 }
 
 /// Where runtimes live: `CODEBOX_RUNTIMES_DIR`, else `<cache dir>/runtimes`.
@@ -93,15 +113,13 @@ pub(crate) fn runtimes_dir(cache_dir: &Path) -> PathBuf {
 }
 
 impl RuntimeFiles {
-    /// Opens and verifies an installed runtime. The stdlib zip and matplotlib data are hashed
-    /// every time (they are read by the guest); the module is hashed only when it is about to
-    /// be compiled, see [`RuntimeFiles::verify_module`].
+    /// Opens and verifies an installed runtime. Files the guest reads at run time are hashed
+    /// every time; the module only right before it is compiled (see
+    /// [`RuntimeFiles::verify_module`]), since afterwards only its compiled form is loaded.
     pub(crate) fn open(root: &Path, manifest: &Manifest) -> Result<RuntimeFiles, Error> {
         let dir = root.join(manifest.dir_name());
-        let module = manifest.file("python-snapshot.wasm");
-        let stdlib = manifest.file("lib/python315.zip");
-        let module_path = dir.join(&module.file);
-        for entry in [module, stdlib] {
+        let module = manifest.module();
+        for entry in &manifest.files {
             if !dir.join(&entry.file).is_file() {
                 return Err(Error::RuntimeMissing {
                     runtime: manifest.dir_name(),
@@ -109,21 +127,23 @@ impl RuntimeFiles {
                 });
             }
         }
-        check_file(&dir.join(&stdlib.file), &stdlib.sha256)?;
-        let tree = manifest.trees.first().expect("python runtime has mpl-data");
-        let mpl_data_dir = dir.join(&tree.dir);
-        let digest = tree_digest(&mpl_data_dir).map_err(|e| Error::io(&mpl_data_dir, e))?;
-        if digest != tree.tree_sha256 {
-            return Err(Error::RuntimeCorrupt {
-                path: mpl_data_dir,
-                reason: "its files do not match the pinned digest".into(),
-            });
+        for entry in manifest.files.iter().filter(|f| f.file != module.file) {
+            check_file(&dir.join(&entry.file), &entry.sha256)?;
+        }
+        for tree in &manifest.trees {
+            let tree_dir = dir.join(&tree.dir);
+            let digest = tree_digest(&tree_dir).map_err(|e| Error::io(&tree_dir, e))?;
+            if digest != tree.tree_sha256 {
+                return Err(Error::RuntimeCorrupt {
+                    path: tree_dir,
+                    reason: "its files do not match the pinned digest".into(),
+                });
+            }
         }
         Ok(RuntimeFiles {
-            lib_dir: dir.join("lib"),
-            mpl_data_dir,
-            module_path,
+            module_path: dir.join(&module.file),
             module_sha256: module.sha256.clone(),
+            dir,
         })
     }
 
@@ -419,7 +439,8 @@ fn describe(root: &Path, manifest: &Manifest) -> InstalledRuntime {
 /// Installs every pinned runtime that is missing or fails verification, into
 /// `CODEBOX_RUNTIMES_DIR` or `<cache_dir>/runtimes` (`cache_dir` defaults as in
 /// [`EngineBuilder::cache_dir`](crate::EngineBuilder::cache_dir)). With `wheel`, that local
-/// file is used instead of downloading (it must still match the pinned sha256).
+/// file is used for the runtime it belongs to instead of downloading (it must still match the
+/// pinned sha256).
 pub fn install_runtimes(
     cache_dir: Option<&Path>,
     wheel: Option<&Path>,
@@ -427,18 +448,22 @@ pub fn install_runtimes(
 ) -> Result<Vec<InstalledRuntime>, Error> {
     let root =
         runtimes_dir(&cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf));
-    let manifest = Manifest::python();
-    if wheel.is_some() || RuntimeFiles::open(&root, &manifest).is_err() {
-        install(&root, &manifest, wheel, progress)?;
+    let mut installed = Vec::new();
+    for manifest in Manifest::all() {
+        let given = wheel.filter(|w| w.file_name().is_some_and(|n| n == manifest.wheel.as_str()));
+        if given.is_some() || RuntimeFiles::open(&root, &manifest).is_err() {
+            install(&root, &manifest, given, progress)?;
+        }
+        installed.push(describe(&root, &manifest));
     }
-    Ok(vec![describe(&root, &manifest)])
+    Ok(installed)
 }
 
 /// Every pinned runtime and whether it is installed and intact.
 pub fn installed_runtimes(cache_dir: Option<&Path>) -> Vec<InstalledRuntime> {
     let root =
         runtimes_dir(&cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf));
-    vec![describe(&root, &Manifest::python())]
+    Manifest::all().iter().map(|m| describe(&root, m)).collect()
 }
 
 #[cfg(test)]
@@ -449,8 +474,12 @@ mod tests {
     fn manifest_parses_and_names_the_module() {
         let m = Manifest::python();
         assert_eq!(m.dir_name(), "python-0.1.0");
-        assert_eq!(m.file("python-snapshot.wasm").sha256.len(), 64);
+        assert_eq!(m.module().file, "python-snapshot.wasm");
         assert_eq!(m.trees.len(), 1);
+        assert_eq!(
+            Manifest::javascript().module().file,
+            "qjs-wasi-reactor.wasm"
+        );
     }
 
     #[test]

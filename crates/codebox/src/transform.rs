@@ -52,7 +52,10 @@ impl SyntaxError {
 
 pub(crate) fn prepare(source: &str, typescript: bool) -> Result<Prepared, SyntaxError> {
     if !typescript {
-        return Ok(Prepared { code: rewrite_top_level(source)?, source_map: None });
+        return Ok(Prepared {
+            code: rewrite_top_level(source)?,
+            source_map: None,
+        });
     }
     let allocator = Allocator::default();
     let source_type = SourceType::ts().with_module(true);
@@ -61,31 +64,61 @@ pub(crate) fn prepare(source: &str, typescript: bool) -> Result<Prepared, Syntax
         return Err(syntax_error(source, error));
     }
     let mut program = parsed.program;
-    let scoping = SemanticBuilder::new().with_enum_eval(true).build(&program).semantic.into_scoping();
-    let transformed = Transformer::new(&allocator, Path::new("cell.ts"), &TransformOptions::default())
-        .build_with_scoping(scoping, &mut program);
+    let scoping = SemanticBuilder::new()
+        .with_enum_eval(true)
+        .build(&program)
+        .semantic
+        .into_scoping();
+    let transformed = Transformer::new(
+        &allocator,
+        Path::new("cell.ts"),
+        &TransformOptions::default(),
+    )
+    .build_with_scoping(scoping, &mut program);
     if let Some(error) = transformed.diagnostics.iter().next() {
         return Err(syntax_error(source, error));
     }
-    let options = CodegenOptions { source_map_path: Some("cell.ts".into()), ..CodegenOptions::default() };
-    let generated = Codegen::new().with_options(options).with_source_text(source).build(&program);
+    let options = CodegenOptions {
+        source_map_path: Some("cell.ts".into()),
+        ..CodegenOptions::default()
+    };
+    let generated = Codegen::new()
+        .with_options(options)
+        .with_source_text(source)
+        .build(&program);
     let code = rewrite_top_level(&generated.code).map_err(|mut e| {
         // Generated code that does not parse is a bug here, not the user's: say where it was.
         e.message = format!("{} (in the JavaScript compiled from TypeScript)", e.message);
         e
     })?;
-    Ok(Prepared { code, source_map: generated.map.map(|m| m.into_owned()) })
+    Ok(Prepared {
+        code,
+        source_map: generated.map.map(|m| m.into_owned()),
+    })
 }
 
 fn syntax_error(source: &str, error: &oxc::diagnostics::OxcDiagnostic) -> SyntaxError {
-    let offset = error.labels.first().map_or(0, |l| l.offset() as usize).min(source.len());
+    let offset = error
+        .labels
+        .first()
+        .map_or(0, |l| l.offset() as usize)
+        .min(source.len());
     let before = &source[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = source[line_start..offset].chars().count() + 1;
-    let source_line = source[line_start..].lines().next().unwrap_or("").to_string();
+    let source_line = source[line_start..]
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
     let message = error.message.to_string();
-    SyntaxError { message, line, column, source_line }
+    SyntaxError {
+        message,
+        line,
+        column,
+        source_line,
+    }
 }
 
 /// Applies the notebook rewrites to JavaScript source.
@@ -155,20 +188,34 @@ fn collect_edits(program: &Program<'_>, source: &str, edits: &mut Vec<(u32, u32,
             }
             Statement::ExportDeclaration(export) => {
                 let start = export.declaration.span().start;
-                edits.push((export.span.start, start, " ".repeat((start - export.span.start) as usize)));
+                edits.push((
+                    export.span.start,
+                    start,
+                    " ".repeat((start - export.span.start) as usize),
+                ));
                 match &export.declaration {
-                    Declaration::VariableDeclaration(var) => var_keyword(var.kind, var.span.start, edits),
+                    Declaration::VariableDeclaration(var) => {
+                        var_keyword(var.kind, var.span.start, edits)
+                    }
                     Declaration::ClassDeclaration(class) => class_binding(class, edits),
                     _ => {}
                 }
             }
             Statement::ExportNamedDeclaration(export) => {
                 let span = export.span;
-                edits.push((span.start, span.end, " ".repeat((span.end - span.start) as usize)));
+                edits.push((
+                    span.start,
+                    span.end,
+                    " ".repeat((span.end - span.start) as usize),
+                ));
             }
             Statement::ExportDefaultDeclaration(export) => {
                 let start = export.declaration.span().start;
-                edits.push((export.span.start, start, " ".repeat((start - export.span.start) as usize)));
+                edits.push((
+                    export.span.start,
+                    start,
+                    " ".repeat((start - export.span.start) as usize),
+                ));
             }
             _ => {}
         }
@@ -178,7 +225,11 @@ fn collect_edits(program: &Program<'_>, source: &str, edits: &mut Vec<(u32, u32,
 /// `class C {}` becomes `var C = class C {};`.
 fn class_binding(class: &Class<'_>, edits: &mut Vec<(u32, u32, String)>) {
     if let Some(id) = &class.id {
-        edits.push((class.span.start, class.span.start, format!("var {} = ", id.name)));
+        edits.push((
+            class.span.start,
+            class.span.start,
+            format!("var {} = ", id.name),
+        ));
         edits.push((class.span.end, class.span.end, ";".into()));
     }
 }
@@ -194,7 +245,11 @@ fn var_keyword(kind: VariableDeclarationKind, start: u32, edits: &mut Vec<(u32, 
 }
 
 /// Rewrites `<cell N>:line:col` positions in a stack trace through the source map.
-pub(crate) fn map_positions(text: &str, filename: &str, map: &oxc_sourcemap::SourceMap<'static>) -> String {
+pub(crate) fn map_positions(
+    text: &str,
+    filename: &str,
+    map: &oxc_sourcemap::SourceMap<'static>,
+) -> String {
     let table = map.generate_lookup_table();
     let needle = format!("{filename}:");
     let mut out = String::with_capacity(text.len());
@@ -204,13 +259,19 @@ pub(crate) fn map_positions(text: &str, filename: &str, map: &oxc_sourcemap::Sou
         rest = &rest[at + needle.len()..];
         let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
         let line_len = digits(rest);
-        let (Ok(line), true) = (rest[..line_len].parse::<u32>(), rest[line_len..].starts_with(':')) else {
+        let (Ok(line), true) = (
+            rest[..line_len].parse::<u32>(),
+            rest[line_len..].starts_with(':'),
+        ) else {
             continue;
         };
         let after = &rest[line_len + 1..];
         let col_len = digits(after);
-        let Ok(column) = after[..col_len].parse::<u32>() else { continue };
-        match map.lookup_source_view_token(&table, line.saturating_sub(1), column.saturating_sub(1)) {
+        let Ok(column) = after[..col_len].parse::<u32>() else {
+            continue;
+        };
+        match map.lookup_source_view_token(&table, line.saturating_sub(1), column.saturating_sub(1))
+        {
             Some(token) => {
                 let (src_line, src_col) = (token.get_src_line() + 1, token.get_src_col() + 1);
                 out.push_str(&format!("{src_line}:{src_col}"));
@@ -239,7 +300,13 @@ mod tests {
     #[test]
     fn imports_and_exports_become_plain_bindings() {
         let out = prepare("import fs from 'fs';\nimport { readFileSync as r } from 'node:fs';\nexport const z = 1;", false).unwrap();
-        assert!(out.code.starts_with("var fs = require(\"fs\"); \nvar r = require(\"node:fs\")[\"readFileSync\"]; \n"), "{}", out.code);
+        assert!(
+            out.code.starts_with(
+                "var fs = require(\"fs\"); \nvar r = require(\"node:fs\")[\"readFileSync\"]; \n"
+            ),
+            "{}",
+            out.code
+        );
         assert!(out.code.ends_with("var   z = 1;"), "{}", out.code);
     }
 
