@@ -4,6 +4,7 @@ mod common;
 mod concurrency;
 mod e2b;
 mod files;
+mod javascript;
 mod limits;
 mod perf;
 mod python;

@@ -36,7 +36,7 @@ async fn the_guest_cannot_see_the_host() {
     let run = ok(&ctx, "import os\nsorted(os.environ)").await;
     assert_eq!(
         run.text(),
-        Some("['HOME', 'MPLBACKEND', 'PYTHONTZPATH', 'TMPDIR']")
+        Some("['HOME', 'MPLBACKEND', 'MPLCONFIGDIR', 'PYTHONTZPATH', 'TMPDIR']")
     );
 }
 

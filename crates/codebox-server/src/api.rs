@@ -17,9 +17,10 @@ use serde_json::{Value, json};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, Caller, wants_json};
-use crate::sandbox::{ContextEntry, Language, NewSandbox, Sandbox};
+use crate::sandbox::{ContextEntry, NewSandbox, Sandbox, parse_language};
 use crate::stream::{self, Flavor, RunSpec};
 use crate::upload;
+use codebox::Language;
 
 type AppState = State<Arc<App>>;
 
@@ -167,7 +168,7 @@ async fn create_context(
     ApiJson(body): ApiJson<CreateContext>,
 ) -> ApiResult<Response> {
     let sandbox = sandbox(&app, &caller, &id)?;
-    let language = Language::parse(body.language.as_deref())?;
+    let language = parse_language(body.language.as_deref())?;
     let entry = app
         .registry
         .add_context(&sandbox, language, body.cwd.as_deref())
@@ -229,7 +230,7 @@ pub(crate) async fn pick_context(
         )),
         (Some(cid), None) => sandbox.context(cid),
         (None, language) => {
-            let language = Language::parse(language)?;
+            let language = parse_language(language)?;
             app.registry.default_context(sandbox, language).await
         }
     }
@@ -490,8 +491,8 @@ struct Process {
     timeout: Option<f64>,
 }
 
-/// `python3 -c CODE`, `python3 script.py`: runs in a fresh context in the sandbox and answers
-/// like a finished process.
+/// `python3 -c CODE`, `python3 script.py`, `node -e CODE`, `node script.js`: runs in a fresh
+/// context in the sandbox and answers like a finished process.
 async fn process(
     State(app): AppState,
     caller: Caller,
@@ -501,17 +502,22 @@ async fn process(
     let sandbox = sandbox(&app, &caller, &id)?;
     let timeout = execution_timeout(&app, body.timeout)?;
     let program = body.cmd.rsplit('/').next().unwrap_or("");
-    if !matches!(program, "python" | "python3") {
-        return Err(ApiError::bad_request(
-            "unknown_command",
-            format!(
-                "cannot run {:?}: the commands available are python3 (or python) with -c CODE or a script path",
-                body.cmd.chars().take(60).collect::<String>()
-            ),
-        ));
-    }
-    let code = match body.args.as_slice() {
-        [flag, code, ..] if flag == "-c" => code.clone(),
+    let (language, inline_flag) = match program {
+        "python" | "python3" => (Language::Python, "-c"),
+        "node" => (Language::JavaScript, "-e"),
+        _ => {
+            return Err(ApiError::bad_request(
+                "unknown_command",
+                format!(
+                    "cannot run {:?}: the commands available are python3 (or python) with -c CODE or \
+                     a script path, and node with -e CODE or a script path",
+                    body.cmd.chars().take(60).collect::<String>()
+                ),
+            ));
+        }
+    };
+    let source = match body.args.as_slice() {
+        [flag, code, ..] if flag == inline_flag => code.clone(),
         [script, ..] if !script.starts_with('-') => {
             let bytes = sandbox.home.read(script)?;
             String::from_utf8(bytes)
@@ -520,25 +526,32 @@ async fn process(
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_input",
-                "give -c CODE or a script path",
+                format!("give {inline_flag} CODE or a script path"),
             ));
         }
     };
-    // A process does not echo a final expression: run it as a script.
-    let code = format!(
-        "exec(compile({}, '<string>', 'exec'))",
-        python_string_literal(&code)
-    );
-    let entry = app
-        .registry
-        .new_context(&sandbox, Language::Python, None)
-        .await?;
-    let spec = RunSpec {
-        code,
-        timeout,
-        env: BTreeMap::new(),
+    // A process does not echo its last value.
+    let code = match language {
+        Language::Python => {
+            format!(
+                "exec(compile({}, '<string>', 'exec'))",
+                python_string_literal(&source)
+            )
+        }
+        _ => format!("{source}\n;undefined"),
     };
-    let run = entry.context.execute(spec.request()).await?;
+    let entry = app.registry.new_context(&sandbox, language, None).await?;
+    let run = entry
+        .context
+        .execute(
+            RunSpec {
+                code,
+                timeout,
+                env: BTreeMap::new(),
+            }
+            .request(),
+        )
+        .await?;
     let mut stderr = run.stderr.clone();
     if let Some(error) = &run.error {
         stderr.push_str(&error.to_string());

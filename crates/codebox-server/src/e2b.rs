@@ -22,7 +22,7 @@ use crate::App;
 use crate::api::{PathQuery, download_file, execution_timeout, pick_context, receive_upload};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::sandbox::{Language, Sandbox};
+use crate::sandbox::{Sandbox, parse_language};
 use crate::stream::{self, Flavor, RunSpec};
 
 type AppState = State<Arc<App>>;
@@ -105,7 +105,7 @@ async fn create_context(
     ApiJson(body): ApiJson<CreateContext>,
 ) -> ApiResult<Json<Value>> {
     let sandbox = sandbox(&app, &token)?;
-    let language = Language::parse(body.language.as_deref())?;
+    let language = parse_language(body.language.as_deref())?;
     let entry = app
         .registry
         .add_context(&sandbox, language, body.cwd.as_deref())

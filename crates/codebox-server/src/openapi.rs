@@ -70,7 +70,7 @@ pub(crate) fn document() -> Value {
                     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
                     "metadata": {"type": "object", "additionalProperties": {"type": "string"}}}},
                 "Context": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "language": {"type": "string", "enum": ["python"]}, "cwd": {"type": "string"}}},
+                    "id": {"type": "string"}, "language": {"type": "string", "enum": ["python", "javascript", "typescript"]}, "cwd": {"type": "string"}}},
                 "CreateContext": {"type": "object", "additionalProperties": false, "properties": {
                     "language": {"type": "string"}, "cwd": {"type": "string"}}},
                 "Execute": {"type": "object", "required": ["code"], "additionalProperties": false, "properties": {
@@ -90,7 +90,7 @@ pub(crate) fn document() -> Value {
                     "name": {"type": "string"}, "path": {"type": "string"}, "kind": {"type": "string", "enum": ["file", "dir", "symlink"]},
                     "size": {"type": "integer"}, "modified": {"type": "integer", "nullable": true}}},
                 "Process": {"type": "object", "required": ["cmd"], "additionalProperties": false, "properties": {
-                    "cmd": {"type": "string", "enum": ["python3", "python"]}, "args": {"type": "array", "items": {"type": "string"}},
+                    "cmd": {"type": "string", "enum": ["python3", "python", "node"]}, "args": {"type": "array", "items": {"type": "string"}},
                     "timeout": {"type": "number"}}}
             }
         },
@@ -140,7 +140,7 @@ pub(crate) fn document() -> Value {
             "/sandboxes/{id}/files/list": {"parameters": [sandbox], "get": {"summary": "List a directory", "parameters": [path_query(false)], "responses": {"200": ok_json(json!({"type": "array", "items": reference("FileEntry")}))}}},
             "/sandboxes/{id}/files/mkdir": {"parameters": [sandbox], "post": op("Make a directory", Some(json!({"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}}})), no_content())},
             "/sandboxes/{id}/files/move": {"parameters": [sandbox], "post": op("Move a file or directory", Some(json!({"type": "object", "required": ["from", "to"], "properties": {"from": {"type": "string"}, "to": {"type": "string"}}})), no_content())},
-            "/sandboxes/{id}/processes": {"parameters": [sandbox], "post": op("Run python3 -c CODE or a script", Some(reference("Process")), ok_json(json!({"type": "object", "properties": {"stdout": {"type": "string"}, "stderr": {"type": "string"}, "exitCode": {"type": "integer"}}})))}
+            "/sandboxes/{id}/processes": {"parameters": [sandbox], "post": op("Run python3 -c CODE, node -e CODE, or a script", Some(reference("Process")), ok_json(json!({"type": "object", "properties": {"stdout": {"type": "string"}, "stderr": {"type": "string"}, "exitCode": {"type": "integer"}}})))}
         }
     })
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::http::StatusCode;
-use codebox::{Context, ContextOptions, Engine, HomeDir, Limits};
+use codebox::{Context, ContextOptions, Engine, HomeDir, Language, Limits};
 use serde::Serialize;
 
 use crate::ServerConfig;
@@ -14,29 +14,20 @@ use crate::auth::Owner;
 use crate::error::{ApiError, ApiResult};
 use crate::util::{random_id, rfc3339};
 
-/// The languages a context can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Language {
-    Python,
-}
-
-impl Language {
-    /// Parses a language name as clients send it (trimmed, any case); `None` means Python.
-    pub fn parse(name: Option<&str>) -> ApiResult<Language> {
-        let name = name
-            .map(|n| n.trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        match name.as_str() {
-            "" | "python" | "python3" | "py" => Ok(Language::Python),
-            other => Err(ApiError::bad_request(
+/// Parses a language name as clients send it (trimmed, any case; `js`, `ts` accepted);
+/// `None` means Python.
+pub(crate) fn parse_language(name: Option<&str>) -> ApiResult<Language> {
+    match name.map(str::trim).filter(|n| !n.is_empty()) {
+        None => Ok(Language::Python),
+        Some(name) => Language::parse(name).ok_or_else(|| {
+            ApiError::bad_request(
                 "unknown_language",
                 format!(
-                    "unknown language {:?}; this server runs: python",
-                    other.chars().take(40).collect::<String>()
+                    "unknown language {:?}; this server runs: python, javascript, typescript",
+                    name.chars().take(40).collect::<String>()
                 ),
-            )),
-        }
+            )
+        }),
     }
 }
 
@@ -52,7 +43,7 @@ impl ContextEntry {
     pub fn info(&self) -> ContextInfo {
         ContextInfo {
             id: self.id.clone(),
-            language: self.language,
+            language: self.language.name(),
             cwd: self.cwd.clone(),
         }
     }
@@ -94,7 +85,7 @@ pub(crate) struct SandboxInfo {
 #[derive(Serialize, Clone)]
 pub(crate) struct ContextInfo {
     pub id: String,
-    pub language: Language,
+    pub language: &'static str,
     pub cwd: String,
 }
 

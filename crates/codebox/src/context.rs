@@ -212,7 +212,7 @@ struct State {
 /// The running instance.
 enum Live {
     Python(PythonInstance),
-    Js(JsInstance),
+    Js(Box<JsInstance>),
 }
 
 impl Live {
@@ -460,7 +460,7 @@ impl State {
                 let memory_limit = self.options.limits.memory_bytes;
                 JsInstance::start(&inner, &runtime, store, &self.capture, memory_limit)
                     .await
-                    .map(Live::Js)
+                    .map(|js| Live::Js(Box::new(js)))
             }
         }
     }

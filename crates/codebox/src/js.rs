@@ -292,7 +292,7 @@ impl JsInstance {
             .await_value
             .call_async(&mut self.store, (self.ctx, report))
             .await?;
-        let text = self.to_string(text_value).await?;
+        let text = self.read_string(text_value).await?;
         self.free_value(text_value).await?;
         let report: Report = serde_json::from_str(&text)
             .map_err(|e| wasmtime::format_err!("the prelude's report is not valid: {e}"))?;
@@ -373,7 +373,7 @@ impl JsInstance {
     }
 
     /// A JS value as a Rust string (via `toString`).
-    async fn to_string(&mut self, value: i64) -> wasmtime::Result<String> {
+    async fn read_string(&mut self, value: i64) -> wasmtime::Result<String> {
         let len_ptr = self.api.malloc.call_async(&mut self.store, 4).await?;
         let ptr = self
             .api
@@ -403,7 +403,7 @@ impl JsInstance {
             .get_exception
             .call_async(&mut self.store, self.ctx)
             .await?;
-        let text = self.to_string(error).await;
+        let text = self.read_string(error).await;
         self.free_value(error).await?;
         text
     }
