@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use codebox::{Context, ContextOptions, Engine, Limits};
+use codebox::{Context, ContextOptions, Engine, Language, Limits};
 
 const WORKLOADS: &str = include_str!("workloads/compare.py");
 
@@ -266,6 +266,40 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
         (pss_mib() - before) / with_pandas as f64,
         "MiB more",
     ));
+    drop(idle);
+
+    let js_options = || ContextOptions::new().language(Language::JavaScript);
+    let mut create = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let ctx = engine.create_context(js_options()).await.unwrap();
+        ctx.execute("1+1").await.unwrap();
+        create.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    out.push((
+        "JavaScript: new context → first `1+1` result".into(),
+        median(create),
+        "ms",
+    ));
+    let js = engine.create_context(js_options()).await.unwrap();
+    js.execute("let x = 1").await.unwrap();
+    out.push((
+        "JavaScript: tiny execution (`x + 1`)".into(),
+        warm_ms(&js, "x + 1", n * 25).await * 1e3,
+        "µs",
+    ));
+    let before = pss_mib();
+    let mut idle = Vec::new();
+    for _ in 0..contexts {
+        let ctx = engine.create_context(js_options()).await.unwrap();
+        ctx.execute("1+1").await.unwrap();
+        idle.push(ctx);
+    }
+    out.push((
+        "JavaScript: idle context (PSS)".into(),
+        (pss_mib() - before) / contexts as f64,
+        "MiB",
+    ));
     out
 }
 
@@ -360,7 +394,7 @@ fn render(
     }
     let _ = writeln!(
         s,
-        "\n## Reproduce\n\n```sh\ncargo bench --bench compare          # this report (about 3 minutes)\ncargo bench --bench python           # criterion: create, execute_warm, imports, pandas, numpy, matplotlib, HTTP, throughput\ncargo bench --bench python -- --quick\n```\n\n\
+        "\n## Reproduce\n\n```sh\ncargo bench --bench compare          # this report (about 3 minutes)\ncargo bench --bench python           # criterion: create, execute_warm, imports, pandas, numpy, matplotlib, HTTP, throughput\ncargo bench --bench javascript       # criterion: JS/TS create, execute_warm, TypeScript transform\ncargo bench --bench python -- --quick\n```\n\n\
          Timings on a shared 2-core machine are noisy: compare medians and ratios, not single runs. \
          Deterministic regressions are caught by fuel instead (`tests/all/perf.rs`)."
     );

@@ -46,3 +46,13 @@ pub use limits::Limits;
 pub use output::OutputCallback;
 pub use progress::Progress;
 pub use runtime::{InstalledRuntime, install_runtimes, installed_runtimes};
+
+/// Prepares a JavaScript or TypeScript cell as a context would before running it (type
+/// stripping, notebook bindings) and returns the JavaScript, or the syntax error's text.
+/// Exposed for benchmarks; not a stable API.
+#[doc(hidden)]
+pub fn prepare_cell(source: &str, typescript: bool) -> Result<String, String> {
+    transform::prepare(source, typescript)
+        .map(|p| p.code)
+        .map_err(|e| e.traceback("<cell>"))
+}
