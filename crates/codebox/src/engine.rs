@@ -306,7 +306,10 @@ fn load_javascript(inner: &EngineInner) -> Result<Arc<JsRuntime>, Error> {
     let mut linker = Linker::<HostState>::new(&inner.wasm);
     host::add_to_linker(&mut linker).map_err(Error::internal)?;
     let pre = linker.instantiate_pre(&module).map_err(Error::internal)?;
-    Ok(Arc::new(JsRuntime { pre }))
+    Ok(Arc::new(JsRuntime {
+        pre,
+        prelude_bytecode: OnceLock::new(),
+    }))
 }
 
 /// Advances the epoch every tick while the engine is alive. Holds only a weak reference, so

@@ -6,7 +6,7 @@
 //! turns the outcome into a JSON report that the host reads back as a string.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use wasmtime::{InstancePre, Memory, Store, TypedFunc};
@@ -22,14 +22,21 @@ const PRELUDE: &str = include_str!("../../../wasm-runtimes/javascript/prelude.js
 
 const EVAL_TYPE_GLOBAL: i32 = 0;
 const EVAL_TYPE_MODULE: i32 = 1;
+const EVAL_FLAG_COMPILE_ONLY: i32 = 1 << 5;
 const EVAL_FLAG_ASYNC: i32 = 1 << 7;
+const WRITE_OBJ_BYTECODE: i32 = 1;
+const READ_OBJ_BYTECODE: i32 = 1;
 /// QuickJS tags, in the high 32 bits of a NaN-boxed value.
 const TAG_EXCEPTION: i64 = 6;
 const UNDEFINED: i64 = 3 << 32;
+const EXCEPTION: i64 = TAG_EXCEPTION << 32;
 
 /// The compiled JavaScript runtime, loaded on first use.
 pub(crate) struct JsRuntime {
     pub pre: InstancePre<HostState>,
+    /// The prelude as QuickJS bytecode, written by the first context that compiles it, so
+    /// later contexts skip parsing it (most of a context's start).
+    pub prelude_bytecode: OnceLock<Vec<u8>>,
 }
 
 /// The C API functions codebox calls.
@@ -43,6 +50,10 @@ struct Api {
     run_loop: TypedFunc<i32, i32>,
     call: TypedFunc<(i32, i64, i64, i32, i32), i64>,
     get_property: TypedFunc<(i32, i64, i32), i64>,
+    write_object: TypedFunc<(i32, i32, i64, i32), i32>,
+    read_object: TypedFunc<(i32, i32, i32, i32), i64>,
+    resolve_module: TypedFunc<(i32, i64), i32>,
+    eval_function: TypedFunc<(i32, i64), i64>,
     malloc: TypedFunc<i32, i32>,
     free: TypedFunc<i32, ()>,
 }
@@ -119,6 +130,10 @@ impl JsInstance {
             run_loop: export!("js_std_loop"),
             call: export!("JS_Call"),
             get_property: export!("JS_GetPropertyStr"),
+            write_object: export!("JS_WriteObject"),
+            read_object: export!("JS_ReadObject"),
+            resolve_module: export!("JS_ResolveModule"),
+            eval_function: export!("JS_EvalFunction"),
             malloc: export!("malloc"),
             free: export!("free"),
         };
@@ -189,9 +204,7 @@ impl JsInstance {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .start(64 << 10, None);
-        let prelude = js
-            .eval(PRELUDE, "<codebox-prelude>", EVAL_TYPE_MODULE)
-            .await;
+        let prelude = js.load_prelude(runtime).await;
         let boot_output = capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
         let prelude = prelude.map_err(|e| fail("the prelude", e))?;
         let settled = if is_exception(prelude) {
@@ -318,6 +331,90 @@ impl JsInstance {
             }
         });
         Ok(0)
+    }
+
+    /// Evaluates the prelude module, from bytecode when an earlier context compiled it;
+    /// returns the promise of its completion (or an exception).
+    async fn load_prelude(&mut self, runtime: &JsRuntime) -> wasmtime::Result<i64> {
+        let ctx = self.ctx;
+        let module = match runtime.prelude_bytecode.get() {
+            Some(bytecode) => {
+                let (buf, len) = self.write_bytes(bytecode).await?;
+                let module = self
+                    .api
+                    .read_object
+                    .call_async(&mut self.store, (ctx, buf, len, READ_OBJ_BYTECODE))
+                    .await;
+                self.api.free.call_async(&mut self.store, buf).await?;
+                module?
+            }
+            None => {
+                let module = self
+                    .eval(
+                        PRELUDE,
+                        "<codebox-prelude>",
+                        EVAL_TYPE_MODULE | EVAL_FLAG_COMPILE_ONLY,
+                    )
+                    .await?;
+                if !is_exception(module) {
+                    self.save_bytecode(runtime, module).await?;
+                }
+                module
+            }
+        };
+        if is_exception(module)
+            || self
+                .api
+                .resolve_module
+                .call_async(&mut self.store, (ctx, module))
+                .await?
+                < 0
+        {
+            return Ok(EXCEPTION);
+        }
+        self.api
+            .eval_function
+            .call_async(&mut self.store, (ctx, module))
+            .await
+    }
+
+    async fn save_bytecode(&mut self, runtime: &JsRuntime, module: i64) -> wasmtime::Result<()> {
+        let size_ptr = self.api.malloc.call_async(&mut self.store, 4).await?;
+        let buf = self
+            .api
+            .write_object
+            .call_async(
+                &mut self.store,
+                (self.ctx, size_ptr, module, WRITE_OBJ_BYTECODE),
+            )
+            .await?;
+        let mut size = [0u8; 4];
+        self.memory
+            .read(&self.store, size_ptr as u32 as usize, &mut size)?;
+        self.api.free.call_async(&mut self.store, size_ptr).await?;
+        if buf != 0 {
+            let mut bytes = vec![0u8; u32::from_le_bytes(size) as usize];
+            self.memory
+                .read(&self.store, buf as u32 as usize, &mut bytes)?;
+            let _ = runtime.prelude_bytecode.set(bytes);
+        }
+        Ok(())
+    }
+
+    /// Copies `bytes` into guest memory; returns (pointer, length).
+    async fn write_bytes(&mut self, bytes: &[u8]) -> wasmtime::Result<(i32, i32)> {
+        let len = i32::try_from(bytes.len())?;
+        let ptr = self
+            .api
+            .malloc
+            .call_async(&mut self.store, len.max(1))
+            .await?;
+        if ptr == 0 {
+            wasmtime::bail!("out of guest memory");
+        }
+        self.memory
+            .write(&mut self.store, ptr as u32 as usize, bytes)?;
+        Ok((ptr, len))
     }
 
     /// Evaluates `source`; the returned value is owned by the caller.
