@@ -51,6 +51,14 @@ impl TestServer {
         response.json().await.unwrap()
     }
 
+    /// Creates a sandbox for key-a and returns its id.
+    pub async fn sandbox_id(&self, body: Value) -> String {
+        self.sandbox(body).await["sandboxID"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Runs code and returns the whole execution as JSON.
     pub async fn run(&self, id: &str, code: &str) -> Value {
         self.post(&format!("/sandboxes/{id}/execute"), "key-a")
@@ -132,10 +140,7 @@ async fn keys_are_required_and_sandboxes_belong_to_their_key() {
 #[tokio::test]
 async fn executions_stream_ndjson_in_order_and_keep_state() {
     let server = start(|_| {}).await;
-    let id = server.sandbox(json!({})).await["sandboxID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.sandbox_id(json!({})).await;
     server.run(&id, "import time\nx = 2").await;
     let response = server
         .post(&format!("/sandboxes/{id}/execute"), "key-a")
@@ -174,10 +179,7 @@ async fn executions_stream_ndjson_in_order_and_keep_state() {
 #[tokio::test]
 async fn bad_input_gets_clear_4xx_errors() {
     let server = start(|c| c.max_body_bytes = 64 * 1024).await;
-    let id = server.sandbox(json!({})).await["sandboxID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.sandbox_id(json!({})).await;
     let execute = format!("/sandboxes/{id}/execute");
     let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
         (
@@ -307,10 +309,7 @@ async fn bad_input_gets_clear_4xx_errors() {
 #[tokio::test]
 async fn files_upload_download_list_move_remove() {
     let server = start(|c| c.limits.disk_bytes = 1 << 20).await;
-    let id = server.sandbox(json!({})).await["sandboxID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.sandbox_id(json!({})).await;
     let files = format!("/sandboxes/{id}/files");
     let put = |path: &str, body: Vec<u8>| {
         server
@@ -398,10 +397,9 @@ async fn files_upload_download_list_move_remove() {
 #[tokio::test]
 async fn contexts_and_processes() {
     let server = start(|_| {}).await;
-    let id = server.sandbox(json!({"envVars": {"MODE": "test"}})).await["sandboxID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server
+        .sandbox_id(json!({"envVars": {"MODE": "test"}}))
+        .await;
     let ctx: Value = server
         .post(&format!("/sandboxes/{id}/contexts"), "key-a")
         .json(&json!({"language": "Python", "cwd": "/home/user/w"}))
@@ -466,14 +464,8 @@ async fn contexts_and_processes() {
 async fn a_runaway_execution_does_not_block_health_or_other_sandboxes_and_a_disconnect_cancels_it()
 {
     let server = start(|_| {}).await;
-    let busy = server.sandbox(json!({})).await["sandboxID"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let other = server.sandbox(json!({})).await["sandboxID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let busy = server.sandbox_id(json!({})).await;
+    let other = server.sandbox_id(json!({})).await;
     server.run(&busy, "state = 'kept?'").await;
     let runaway = server
         .post(&format!("/sandboxes/{busy}/execute"), "key-a")
@@ -508,10 +500,7 @@ async fn a_runaway_execution_does_not_block_health_or_other_sandboxes_and_a_disc
 #[tokio::test]
 async fn sandboxes_expire_and_caps_answer_429() {
     let server = start(|c| c.max_sandboxes = 2).await;
-    let short = server.sandbox(json!({"timeout": 1})).await["sandboxID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let short = server.sandbox_id(json!({"timeout": 1})).await;
     server.sandbox(json!({})).await;
     let third = server
         .post("/sandboxes", "key-a")
@@ -531,10 +520,7 @@ async fn sandboxes_expire_and_caps_answer_429() {
         .unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     // Its slot is free again; lifetimes can be extended.
-    let id = server.sandbox(json!({"timeout": 1})).await["sandboxID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = server.sandbox_id(json!({"timeout": 1})).await;
     let extended = server
         .post(&format!("/sandboxes/{id}/timeout"), "key-a")
         .json(&json!({"timeout": 60}));

@@ -236,6 +236,41 @@ pub(crate) async fn pick_context(
     }
 }
 
+/// An execution request as both APIs receive it.
+pub(crate) struct RunRequest {
+    pub code: String,
+    pub context_id: Option<String>,
+    pub language: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<f64>,
+}
+
+impl RunRequest {
+    /// Checks the request and finds (or creates) the context it goes to.
+    pub async fn resolve(
+        self,
+        app: &App,
+        sandbox: &Sandbox,
+    ) -> ApiResult<(Arc<ContextEntry>, RunSpec)> {
+        let timeout = execution_timeout(app, self.timeout)?;
+        let entry = pick_context(
+            app,
+            sandbox,
+            self.context_id.as_deref(),
+            self.language.as_deref(),
+        )
+        .await?;
+        Ok((
+            entry,
+            RunSpec {
+                code: self.code,
+                timeout,
+                env: self.env,
+            },
+        ))
+    }
+}
+
 pub(crate) fn execution_timeout(app: &App, seconds: Option<f64>) -> ApiResult<Option<Duration>> {
     let max = app.registry.config.max_sandbox_timeout;
     match seconds {
@@ -261,19 +296,14 @@ async fn execute(
     ApiJson(body): ApiJson<Execute>,
 ) -> ApiResult<Response> {
     let sandbox = sandbox(&app, &caller, &id)?;
-    let timeout = execution_timeout(&app, body.timeout)?;
-    let entry = pick_context(
-        &app,
-        &sandbox,
-        body.context_id.as_deref(),
-        body.language.as_deref(),
-    )
-    .await?;
-    let spec = RunSpec {
+    let request = RunRequest {
         code: body.code,
-        timeout,
+        context_id: body.context_id,
+        language: body.language,
         env: body.env_vars,
+        timeout: body.timeout,
     };
+    let (entry, spec) = request.resolve(&app, &sandbox).await?;
     if wants_json(&headers) {
         return Ok(Json(stream::whole(entry, spec, sandbox.killed()).await?).into_response());
     }

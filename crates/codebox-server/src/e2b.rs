@@ -19,11 +19,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::api::{PathQuery, download_file, execution_timeout, pick_context, receive_upload};
+use crate::api::{PathQuery, RunRequest, download_file, receive_upload};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::sandbox::{Sandbox, parse_language};
-use crate::stream::{self, Flavor, RunSpec};
+use crate::stream::{self, Flavor};
 
 type AppState = State<Arc<App>>;
 
@@ -77,19 +77,14 @@ async fn execute(
     ApiJson(body): ApiJson<Execute>,
 ) -> ApiResult<Response> {
     let sandbox = sandbox(&app, &token)?;
-    let timeout = execution_timeout(&app, body.timeout)?;
-    let entry = pick_context(
-        &app,
-        &sandbox,
-        body.context_id.as_deref(),
-        body.language.as_deref(),
-    )
-    .await?;
-    let spec = RunSpec {
+    let request = RunRequest {
         code: body.code,
-        timeout,
+        context_id: body.context_id,
+        language: body.language,
         env: body.env_vars.unwrap_or_default(),
+        timeout: body.timeout,
     };
+    let (entry, spec) = request.resolve(&app, &sandbox).await?;
     Ok(stream::stream(entry, spec, Flavor::E2b, sandbox.killed()))
 }
 
