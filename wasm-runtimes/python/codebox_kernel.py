@@ -457,6 +457,13 @@ def _report_error(exc, compiling=False):
 
 def _compile_cell(source, filename):
     """The cell's statements and, if it ends in an expression, that expression separately."""
+    if "\n" not in source.strip():
+        # One line that is a single expression (`df.head()`): compiled directly, which is
+        # several times cheaper than going through the AST.
+        try:
+            return None, compile(source, filename, "eval")
+        except SyntaxError:
+            pass
     tree = ast.parse(source, filename, "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -505,7 +512,8 @@ def _run_cell(source):
         return
     value = None
     try:
-        exec(body, namespace)
+        if body is not None:
+            exec(body, namespace)
         if last is not None:
             value = eval(last, namespace)
     except SystemExit:
