@@ -683,8 +683,10 @@ fn trap_error(
     }
 }
 
+/// The error and its causes on one line, without the wasm backtrace.
 fn first_line(error: &wasmtime::Error) -> String {
-    format!("{error:?}")
+    let text = format!("{error:#}");
+    text.lines().next().unwrap_or("").to_string()
 }
 
 fn human_duration(d: Duration) -> String {
