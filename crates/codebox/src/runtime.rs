@@ -239,7 +239,8 @@ fn pip_download(manifest: &Manifest, dest: &Path, progress: &Progress) -> Result
         .arg(dest)
         .arg(&spec)
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
+        // pip's progress goes to stderr: stdout belongs to the program's own output.
+        .stdout(Stdio::from(io::stderr()))
         .stderr(Stdio::inherit())
         .status()
         .map_err(|e| Error::Install {
