@@ -450,6 +450,42 @@ async fn contexts_and_processes() {
         process,
         json!({"stdout": "hi\n", "stderr": "", "exitCode": 4})
     );
+    let node: Value = server
+        .post(&format!("/sandboxes/{id}/processes"), "key-a")
+        .json(&json!({"cmd": "node", "args": ["-e", "console.log(6 * 7)"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(node, json!({"stdout": "42\n", "stderr": "", "exitCode": 0}));
+    let ts: Value = server
+        .post(&format!("/sandboxes/{id}/execute"), "key-a")
+        .header("Accept", "application/json")
+        .json(&json!({"code": "const n: number = 2; n * 21", "language": "ts"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ts["results"][0]["data"]["text/plain"], "42", "{ts}");
+    let contexts: Value = server
+        .get(&format!("/sandboxes/{id}/contexts"), "key-a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let languages: Vec<&str> = contexts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["language"].as_str().unwrap())
+        .collect();
+    assert_eq!(languages, ["python", "typescript"]);
     let deleted = server
         .http
         .delete(format!("{}/sandboxes/{id}/contexts/{cid}", server.base))
@@ -495,6 +531,40 @@ async fn a_runaway_execution_does_not_block_health_or_other_sandboxes_and_a_disc
     tokio::time::sleep(Duration::from_millis(300)).await;
     let run = server.run(&busy, "state").await;
     assert_eq!(run["error"]["name"], "NameError", "{run}");
+}
+
+#[tokio::test]
+async fn the_memory_budget_bounds_live_contexts() {
+    // Room for exactly two contexts of 64 MiB.
+    let server = start(|c| {
+        c.limits.memory_bytes = 64 << 20;
+        c.memory_budget_bytes = 150 << 20;
+    })
+    .await;
+    let id = server.sandbox_id(json!({})).await;
+    let create = || {
+        server
+            .post(&format!("/sandboxes/{id}/contexts"), "key-a")
+            .json(&json!({}))
+    };
+    let first: Value = create().send().await.unwrap().json().await.unwrap();
+    assert_eq!(create().send().await.unwrap().status(), StatusCode::CREATED);
+    let third = create().send().await.unwrap();
+    assert_eq!(
+        error_of(third).await,
+        (StatusCode::TOO_MANY_REQUESTS, "memory_budget".into())
+    );
+    // Deleting a context gives its share back.
+    let cid = first["id"].as_str().unwrap();
+    let deleted = server
+        .http
+        .delete(format!("{}/sandboxes/{id}/contexts/{cid}", server.base))
+        .bearer_auth("key-a");
+    assert_eq!(
+        deleted.send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(create().send().await.unwrap().status(), StatusCode::CREATED);
 }
 
 #[tokio::test]

@@ -57,6 +57,11 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     /// Where sandbox home directories are created. Default: the system temp directory.
     pub data_dir: PathBuf,
+    /// Memory all live contexts together may be allowed to use: each context reserves its
+    /// `limits.memory_bytes` from this budget while it lives, and past it creating a context
+    /// answers 429, so the limits can never add up to more than the machine has. Default:
+    /// three quarters of physical memory.
+    pub memory_budget_bytes: u64,
 }
 
 impl ServerConfig {
@@ -75,6 +80,7 @@ impl ServerConfig {
             max_body_bytes: 16 << 20,
             max_upload_bytes: 512 << 20,
             data_dir: std::env::temp_dir(),
+            memory_budget_bytes: physical_memory() / 4 * 3,
         }
     }
 
@@ -99,6 +105,17 @@ impl ServerConfig {
         }
         Ok(keys)
     }
+}
+
+/// Physical memory from /proc/meminfo; 8 GiB where it cannot be read.
+fn physical_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(8 << 30, |kib| kib * 1024)
 }
 
 /// Shared state of the handlers.

@@ -2,6 +2,7 @@
 //! lifetime after which they are killed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +38,38 @@ pub(crate) struct ContextEntry {
     pub language: Language,
     pub cwd: String,
     pub context: Context,
+    _memory: Reservation,
+}
+
+/// A context's share of the server's memory budget, given back when the context goes.
+struct Reservation {
+    budget: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.fetch_add(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Takes `bytes` from the budget, or says why not.
+fn reserve(budget: &Arc<AtomicU64>, bytes: u64) -> ApiResult<Reservation> {
+    budget
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+            left.checked_sub(bytes)
+        })
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "memory_budget",
+                "the server's memory budget is taken by live contexts; kill a sandbox or try later",
+            )
+        })?;
+    Ok(Reservation {
+        budget: budget.clone(),
+        bytes,
+    })
 }
 
 impl ContextEntry {
@@ -152,6 +185,8 @@ pub(crate) struct Registry {
     pub engine: Engine,
     pub config: ServerConfig,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    /// Bytes of the memory budget not reserved by a live context.
+    memory_left: Arc<AtomicU64>,
 }
 
 /// What a client may set when creating a sandbox.
@@ -163,10 +198,12 @@ pub(crate) struct NewSandbox {
 
 impl Registry {
     pub fn new(engine: Engine, config: ServerConfig) -> Registry {
+        let memory_left = Arc::new(AtomicU64::new(config.memory_budget_bytes));
         Registry {
             engine,
             config,
             sandboxes: Mutex::new(HashMap::new()),
+            memory_left,
         }
     }
 
@@ -301,7 +338,8 @@ impl Registry {
         let limits: Limits = self.config.limits.clone();
         let mut options = ContextOptions::new()
             .limits(limits)
-            .home(sandbox.home.clone());
+            .home(sandbox.home.clone())
+            .language(language);
         options.env = sandbox.env_vars.clone();
         let cwd = cwd.map(str::to_string).filter(|c| !c.is_empty());
         if let Some(cwd) = &cwd {
@@ -309,6 +347,7 @@ impl Registry {
         }
         let max_per_sandbox = self.config.max_contexts_per_sandbox;
         let count = sandbox.contexts().len();
+        let budget = self.memory_left.clone();
         async move {
             if count >= max_per_sandbox {
                 return Err(ApiError::new(
@@ -317,12 +356,14 @@ impl Registry {
                     format!("a sandbox may have at most {max_per_sandbox} contexts"),
                 ));
             }
+            let memory = reserve(&budget, options.limits.memory_bytes)?;
             let context = engine.create_context(options).await?;
             Ok(Arc::new(ContextEntry {
                 id: random_id("ctx_"),
                 language,
                 cwd: normalise_cwd(cwd.as_deref()),
                 context,
+                _memory: memory,
             }))
         }
     }
