@@ -3,12 +3,15 @@ use std::sync::OnceLock;
 use codebox::{Context, ContextOptions, Engine, Execution, Limits};
 
 /// One engine for the whole test binary (the runtime is installed and compiled on first use).
+/// Contexts start from `stdlib` unless a test names a template, so tests do not depend on
+/// whether the `data` template happens to be built yet.
 pub fn engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
             Engine::builder()
                 .max_contexts(200)
+                .default_template(None)
                 .build()
                 .expect("engine builds")
         })
@@ -22,6 +25,7 @@ pub fn metered_engine() -> Engine {
         .get_or_init(|| {
             Engine::builder()
                 .max_contexts(8)
+                .default_template(None)
                 .fuel_metering(true)
                 .build()
                 .expect("engine builds")

@@ -72,6 +72,7 @@ async fn the_context_limit_is_enforced_and_slots_come_back() {
     // A small engine of its own shows the limit.
     let small = codebox::Engine::builder()
         .max_contexts(1)
+        .default_template(None)
         .progress(codebox::Progress::silent())
         .build()
         .unwrap();

@@ -11,3 +11,4 @@ mod python;
 mod rich;
 mod security;
 mod server;
+mod templates;

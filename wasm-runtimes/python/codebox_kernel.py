@@ -534,6 +534,8 @@ def _run_cell(source):
 
 
 def _setup():
+    """Per-instance set-up; run again as the first turn of a context restored from a
+    template, where the streams, environment and working directory are new."""
     # Streams flush at each newline so the host can forward output as it is written.
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -545,7 +547,72 @@ def _setup():
     except OSError:
         pass
     builtins.display = display
-    sys.meta_path.append(_KernelModules)
+    if _KernelModules not in sys.meta_path:
+        sys.meta_path.append(_KernelModules)
+
+
+# --- templates -----------------------------------------------------------------------------
+#
+# A template build runs the recipe's setup as a cell, then `_template_mark()`, the warm-up as a
+# cell, and `_template_seal()` as the last turn before the host snapshots the memory.
+
+_template_names = None
+
+
+def _template_mark():
+    """The names in `__main__` now are the template's own; the warm-up's are dropped."""
+    global _template_names
+    _template_names = set(sys.modules["__main__"].__dict__)
+
+
+def _template_seal(first_free_fd):
+    """Forgets the build's traces and prints, as one JSON line, what could not be snapshotted
+    (file descriptors from `first_free_fd` on that are still open) and the clock reading."""
+    global _count
+    import gc
+    import time
+
+    namespace = sys.modules["__main__"].__dict__
+    keep = _template_names if _template_names is not None else set(namespace)
+    for name in set(namespace) - keep:
+        del namespace[name]
+    namespace.pop("_", None)
+    for key in [k for k in linecache.cache if isinstance(k, str) and k.startswith("<cell ")]:
+        del linecache.cache[key]
+    _count = 0
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+    font_manager = sys.modules.get("matplotlib.font_manager")
+    if font_manager is not None and hasattr(font_manager, "_get_font"):
+        # Cached fonts hold their files open; an fd cannot survive the snapshot.
+        font_manager._get_font.cache_clear()
+    gc.collect()
+    leaked = _open_fds(first_free_fd)
+    gc.freeze()  # the collector never touches the template's objects: they stay shared
+    print(json.dumps({"leaked_fds": leaked, "monotonic_ns": time.monotonic_ns()}))
+
+
+def _open_fds(first):
+    import gc
+    import io
+
+    names = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, io.IOBase):
+            try:
+                if not obj.closed:
+                    names[obj.fileno()] = str(getattr(obj, "name", type(obj).__name__))
+            except Exception:
+                pass
+    leaked = []
+    for fd in range(first, 1024):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        leaked.append(f"fd {fd}" + (f" ({names[fd]})" if fd in names else ""))
+    return leaked
 
 
 _setup()

@@ -16,6 +16,7 @@ use crate::host::{self, Boot, DiskQuota, Door, HostState, MemoryLimiter};
 use crate::js::JsInstance;
 use crate::output::{Capture, GuestStream, OutputCallback, SharedCapture};
 use crate::python::PythonInstance;
+use crate::template::Template;
 use crate::{Error, Limits, Stream};
 
 /// matplotlib's config and cache directory inside the guest; a prebuilt font cache is copied
@@ -41,6 +42,13 @@ pub struct ContextOptions {
     pub cwd: Option<String>,
     /// The language the context runs. Default Python.
     pub language: Language,
+    /// Python only: the template the interpreter starts from. `None` (the default) takes the
+    /// engine's default template, `data` unless configured otherwise (see
+    /// [`EngineBuilder::default_template`](crate::EngineBuilder::default_template)), falling
+    /// back to `stdlib` while it is not built yet. `stdlib` is the plain interpreter with
+    /// nothing imported; any other name is a built-in or custom template, built first if
+    /// needed.
+    pub template: Option<String>,
 }
 
 /// The languages a context can run.
@@ -111,6 +119,12 @@ impl ContextOptions {
     /// Mounts `home` at `/home/user`.
     pub fn home(mut self, home: HomeDir) -> Self {
         self.home = Some(home);
+        self
+    }
+
+    /// Starts from the named template (Python only); see [`ContextOptions::template`].
+    pub fn template(mut self, name: impl Into<String>) -> Self {
+        self.template = Some(name.into());
         self
     }
 }
@@ -201,6 +215,8 @@ struct State {
     capture: SharedCapture,
     /// The working directory as a guest path, when not `/home/user`.
     cwd: Option<String>,
+    /// The template Python instances start from; `None` for the plain runtime.
+    template: Option<Arc<Template>>,
     live: Option<Live>,
     /// An execution is running in `live`. Still true at the start of the next one means the
     /// previous call was cancelled (its future dropped) mid-turn: that instance is unusable.
@@ -244,6 +260,17 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub(crate) async fn create(engine: Engine, options: ContextOptions) -> Result<Context, Error> {
         options.limits.validate()?;
+        let template = engine.template_for(&options).await?;
+        Context::create_from(engine, options, template).await
+    }
+
+    /// Creates a context whose Python instances start from `template`.
+    pub(crate) async fn create_from(
+        engine: Engine,
+        options: ContextOptions,
+        template: Option<Arc<Template>>,
+    ) -> Result<Context, Error> {
+        options.limits.validate()?;
         if options.limits.fuel.is_some() && !engine.fuel_metering() {
             return Err(Error::InvalidInput(
                 "limits.fuel needs an engine built with fuel_metering(true)".into(),
@@ -286,6 +313,7 @@ impl Context {
             _own_home: own_home,
             capture: Arc::new(Mutex::new(Capture::default())),
             cwd,
+            template,
             live: None,
             in_flight: false,
             executions: 0,
@@ -354,97 +382,15 @@ impl Context {
 impl State {
     /// A new store with this context's WASI view, limits and host state.
     fn new_store(&self) -> Result<Store<HostState>, Error> {
-        let inner = &self.engine.inner;
-        let files = &inner.files;
-        let limits = &self.options.limits;
-        let language = self.options.language;
-
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.env("HOME", GUEST_HOME)
-            .env("TMPDIR", "/tmp")
-            .stdout(GuestStream::new(self.capture.clone(), Stream::Stdout))
-            .stderr(GuestStream::new(self.capture.clone(), Stream::Stderr))
-            .allow_blocking_current_thread(true);
-        if language == Language::Python {
-            wasi.args(&["/usr/local/bin/python.wasm"])
-                .env("PYTHONTZPATH", "")
-                .env("MPLBACKEND", "module://_codebox_mpl_backend")
-                .env("MPLCONFIGDIR", MPL_CONFIG_DIR);
-        } else {
-            wasi.args(&["qjs"]);
-        }
-        for (key, value) in &self.options.env {
-            wasi.env(key, value);
-        }
-        if let Some(cwd) = &self.cwd {
-            wasi.env("PWD", cwd);
-        }
-        let preopen =
-            |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
-                let perms = if write {
-                    FsPerms::ReadWrite
-                } else {
-                    FsPerms::ReadOnly
-                };
-                wasi.preopened_dir(host, guest, perms)
-                    .map(|_| ())
-                    .map_err(|e| {
-                        Error::internal(format!("mounting {} at {guest}: {e:#}", host.display()))
-                    })
-            };
-        if language == Language::Python {
-            // The order matters to the runtime: stdlib, matplotlib data, /tmp, then home.
-            preopen(&mut wasi, &files.python_lib_dir(), "/usr/local/lib", false)?;
-            preopen(
-                &mut wasi,
-                &files.mpl_data_dir(),
-                "/usr/local/lib/python315.zip/matplotlib/mpl-data",
-                false,
-            )?;
-            if let Some(Some(fonts)) = inner.mpl_font_cache.get() {
-                copy_font_cache(fonts, self.tmp.path())?;
-            }
-        }
-        preopen(&mut wasi, self.tmp.path(), "/tmp", true)?;
-        preopen(&mut wasi, self.home.host_path(), GUEST_HOME, true)?;
-
-        let state = HostState {
-            wasi: wasi.build_p1(),
-            memory: MemoryLimiter {
-                limit: limits.memory_bytes as usize,
-                refused: false,
-            },
-            door: Door {
-                boot: Some(Boot {
-                    kernel: inner.kernel.clone(),
-                    may_supply_bytecode: self.options.env.is_empty(),
-                }),
-                ..Door::default()
-            },
-            quota: DiskQuota::new(
-                limits.disk_bytes,
-                vec![
-                    self.home.host_path().to_path_buf(),
-                    self.tmp.path().to_path_buf(),
-                ],
-            ),
-            deadline: Instant::now() + Duration::from_secs(60),
-            forward: None,
-        };
-        let mut store = Store::new(&inner.wasm, state);
-        store.limiter(|s| &mut s.memory);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(Trap::Interrupt.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        store.set_epoch_deadline(1);
-        if inner.fuel_metering {
-            store.set_fuel(u64::MAX).map_err(Error::internal)?;
-        }
-        Ok(store)
+        new_store(&StoreSpec {
+            engine: &self.engine,
+            options: &self.options,
+            tmp: self.tmp.path(),
+            home: &self.home,
+            cwd: self.cwd.as_deref(),
+            capture: &self.capture,
+            template_build: false,
+        })
     }
 
     /// Instantiates the runtime and loads the guest-side kernel or prelude.
@@ -452,9 +398,11 @@ impl State {
         let store = self.new_store()?;
         let inner = self.engine.inner.clone();
         match self.options.language {
-            Language::Python => PythonInstance::start(&inner, store, &self.capture)
-                .await
-                .map(Live::Python),
+            Language::Python => {
+                PythonInstance::start(&inner, store, &self.capture, self.template.as_deref())
+                    .await
+                    .map(Live::Python)
+            }
             Language::JavaScript | Language::TypeScript => {
                 let runtime = self.engine.javascript().await?;
                 let memory_limit = self.options.limits.memory_bytes;
@@ -595,6 +543,176 @@ impl State {
         }
         execution.duration = started.elapsed();
         Ok(execution)
+    }
+}
+
+/// Everything a guest store is made from.
+pub(crate) struct StoreSpec<'a> {
+    pub engine: &'a Engine,
+    pub options: &'a ContextOptions,
+    /// Host directory behind `/tmp`.
+    pub tmp: &'a std::path::Path,
+    pub home: &'a HomeDir,
+    /// The working directory as a guest path, when not `/home/user`.
+    pub cwd: Option<&'a str>,
+    pub capture: &'a SharedCapture,
+    /// While a template is built, argv and the environment carry a marker, so the build gate
+    /// can see that a restored context reads its own.
+    pub template_build: bool,
+}
+
+/// codebox's matplotlib backend (Agg, with figures reported as results).
+const MPL_BACKEND: &str = "module://_codebox_mpl_backend";
+/// Where the stdlib zip's directory is mounted.
+const GUEST_LIB_DIR: &str = "/usr/local/lib";
+/// Where matplotlib's data directory is mounted (inside the stdlib zip's path).
+const GUEST_MPL_DATA_DIR: &str = "/usr/local/lib/python315.zip/matplotlib/mpl-data";
+/// Python contexts have four preopened directories after stdin, stdout and stderr; a
+/// descriptor from this number on was opened by the guest.
+pub(crate) const PYTHON_FIRST_FREE_FD: u32 = 7;
+
+/// The guest-side layout a Python context sees (argv, fixed environment, mounts), as text:
+/// part of a template's cache key, since a template is only valid for the layout it was
+/// built with.
+pub(crate) fn python_guest_layout() -> String {
+    format!(
+        "argv={PYTHON_ARGV:?} HOME={GUEST_HOME} TMPDIR=/tmp PYTHONTZPATH= \
+         MPLBACKEND={MPL_BACKEND} MPLCONFIGDIR={MPL_CONFIG_DIR} \
+         mounts={GUEST_LIB_DIR},{GUEST_MPL_DATA_DIR},/tmp,{GUEST_HOME} \
+         first_free_fd={PYTHON_FIRST_FREE_FD}"
+    )
+}
+
+/// Python's argv in every context.
+pub(crate) const PYTHON_ARGV: &[&str] = &["/usr/local/bin/python.wasm"];
+
+/// Set in the environment of a template build only.
+pub(crate) const TEMPLATE_BUILD_ENV: &str = "CODEBOX_TEMPLATE_BUILD";
+
+/// A store with a guest's WASI view (args, environment, preopens, clocks), limits and host
+/// state, laid out exactly the same for contexts and for template builds.
+pub(crate) fn new_store(spec: &StoreSpec) -> Result<Store<HostState>, Error> {
+        let inner = &spec.engine.inner;
+        let files = &inner.files;
+        let limits = &spec.options.limits;
+        let language = spec.options.language;
+
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.env("HOME", GUEST_HOME)
+            .env("TMPDIR", "/tmp")
+            .stdout(GuestStream::new(spec.capture.clone(), Stream::Stdout))
+            .stderr(GuestStream::new(spec.capture.clone(), Stream::Stderr))
+            .allow_blocking_current_thread(true);
+        if language == Language::Python {
+            wasi.args(PYTHON_ARGV)
+                .env("PYTHONTZPATH", "")
+                .env("MPLBACKEND", MPL_BACKEND)
+                .env("MPLCONFIGDIR", MPL_CONFIG_DIR)
+                .monotonic_clock(AnchoredMonotonicClock::new());
+            if spec.template_build {
+                wasi.arg(TEMPLATE_BUILD_ENV).env(TEMPLATE_BUILD_ENV, "1");
+            }
+        } else {
+            wasi.args(&["qjs"]);
+        }
+        for (key, value) in &spec.options.env {
+            wasi.env(key, value);
+        }
+        if let Some(cwd) = &spec.cwd {
+            wasi.env("PWD", cwd);
+        }
+        let preopen =
+            |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
+                let perms = if write {
+                    FsPerms::ReadWrite
+                } else {
+                    FsPerms::ReadOnly
+                };
+                wasi.preopened_dir(host, guest, perms)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        Error::internal(format!("mounting {} at {guest}: {e:#}", host.display()))
+                    })
+            };
+        if language == Language::Python {
+            // The order matters to the runtime: stdlib, matplotlib data, /tmp, then home.
+            preopen(&mut wasi, &files.python_lib_dir(), GUEST_LIB_DIR, false)?;
+            preopen(&mut wasi, &files.mpl_data_dir(), GUEST_MPL_DATA_DIR, false)?;
+            if let Some(Some(fonts)) = inner.mpl_font_cache.get() {
+                copy_font_cache(fonts, spec.tmp)?;
+            }
+        }
+        preopen(&mut wasi, spec.tmp, "/tmp", true)?;
+        preopen(&mut wasi, spec.home.host_path(), GUEST_HOME, true)?;
+
+        let state = HostState {
+            wasi: wasi.build_p1(),
+            memory: MemoryLimiter {
+                limit: limits.memory_bytes as usize,
+                refused: false,
+            },
+            door: Door {
+                boot: Some(Boot {
+                    kernel: inner.kernel.clone(),
+                    may_supply_bytecode: spec.options.env.is_empty() && !spec.template_build,
+                }),
+                ..Door::default()
+            },
+            quota: DiskQuota::new(
+                limits.disk_bytes,
+                vec![
+                    spec.home.host_path().to_path_buf(),
+                    spec.tmp.to_path_buf(),
+                ],
+            ),
+            deadline: Instant::now() + Duration::from_secs(60),
+            forward: None,
+        };
+        let mut store = Store::new(&inner.wasm, state);
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        if inner.fuel_metering {
+            store.set_fuel(u64::MAX).map_err(Error::internal)?;
+        }
+        Ok(store)
+}
+
+/// The guest's monotonic clock: nanoseconds since the Unix epoch when the store was made, then
+/// advancing with the host's monotonic clock. A context restored from a template therefore
+/// reads later times than its build did (`time.monotonic()` never goes backwards across the
+/// snapshot), as long as the host's wall clock was not set back in between.
+struct AnchoredMonotonicClock {
+    anchor_ns: u64,
+    started: Instant,
+}
+
+impl AnchoredMonotonicClock {
+    fn new() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        AnchoredMonotonicClock {
+            anchor_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX / 2),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for AnchoredMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX / 2);
+        self.anchor_ns.saturating_add(elapsed)
     }
 }
 

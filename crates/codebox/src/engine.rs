@@ -14,6 +14,7 @@ use crate::host::{self, HostState};
 use crate::js::JsRuntime;
 use crate::progress::Progress;
 use crate::runtime::{self, Manifest, RuntimeFiles};
+use crate::template::Templates;
 use crate::{Error, font_cache, fsutil, module_cache};
 
 /// How often the epoch ticks: the granularity of timeouts and of time slicing between
@@ -32,6 +33,8 @@ pub struct EngineBuilder {
     fuel_metering: bool,
     install: bool,
     progress: Progress,
+    default_template: Option<String>,
+    build_default_template: bool,
 }
 
 impl Default for EngineBuilder {
@@ -42,6 +45,8 @@ impl Default for EngineBuilder {
             fuel_metering: false,
             install: std::env::var_os("CODEBOX_OFFLINE").is_none_or(|v| v.is_empty()),
             progress: Progress::stderr(),
+            default_template: Some(crate::DATA_TEMPLATE.into()),
+            build_default_template: true,
         }
     }
 }
@@ -87,6 +92,23 @@ impl EngineBuilder {
     /// stderr.
     pub fn progress(mut self, progress: Progress) -> Self {
         self.progress = progress;
+        self
+    }
+
+    /// The template Python contexts start from when their options name none. Default
+    /// `Some("data")`: numpy, pandas and matplotlib already imported. `None` starts them from
+    /// the plain interpreter (`stdlib`). While the default template is not built, contexts
+    /// start from `stdlib`.
+    pub fn default_template(mut self, name: Option<&str>) -> Self {
+        self.default_template = name.map(str::to_string);
+        self
+    }
+
+    /// Build the default template in the background the first time a context would have used
+    /// it and it is not built yet. Default on; turn it off in short-lived processes that
+    /// would exit before the build (about a minute) completes.
+    pub fn build_default_template(mut self, on: bool) -> Self {
+        self.build_default_template = on;
         self
     }
 
@@ -145,6 +167,9 @@ impl EngineBuilder {
                     source: crate::python::KERNEL_SOURCE,
                     bytecode: OnceLock::new(),
                 }),
+                templates: Templates::default(),
+                default_template: self.default_template,
+                build_default_template: self.build_default_template,
             }),
         };
         let fonts = font_cache::prepare(&engine, &cache_dir, &self.progress);
@@ -209,6 +234,9 @@ pub(crate) struct EngineInner {
     pub cache_dir: PathBuf,
     pub install: bool,
     pub progress: Progress,
+    pub templates: Templates,
+    pub default_template: Option<String>,
+    pub build_default_template: bool,
 }
 
 impl std::fmt::Debug for Engine {

@@ -80,6 +80,16 @@ pub enum Error {
         quota_bytes: u64,
     },
 
+    /// A template could not be built or used: its setup failed, it failed the build gate, or
+    /// it does not exist. Nothing is stored for a template that failed.
+    #[error("template {name:?}: {message}")]
+    Template {
+        /// The template's name.
+        name: String,
+        /// What failed; for a failing setup script, its traceback.
+        message: String,
+    },
+
     /// An I/O error on a host path.
     #[error("{path}: {source}")]
     Io {

@@ -58,3 +58,15 @@ pub(crate) fn default_cache_dir() -> PathBuf {
         None => std::env::temp_dir().join("codebox-cache"),
     }
 }
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it into place, so
+/// readers see the old file or the complete new one, never part of one.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}

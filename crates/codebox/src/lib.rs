@@ -35,6 +35,7 @@ mod output;
 mod progress;
 mod python;
 mod runtime;
+mod template;
 mod transform;
 
 pub use context::{Context, ContextOptions, ExecuteRequest, Language, MAX_CODE_BYTES};
@@ -46,6 +47,7 @@ pub use limits::Limits;
 pub use output::OutputCallback;
 pub use progress::Progress;
 pub use runtime::{InstalledRuntime, install_runtimes, installed_runtimes};
+pub use template::{DATA_TEMPLATE, STDLIB_TEMPLATE, TemplateInfo, TemplateRecipe};
 
 /// Prepares a JavaScript or TypeScript cell as a context would before running it (type
 /// stripping, notebook bindings) and returns the JavaScript, or the syntax error's text.

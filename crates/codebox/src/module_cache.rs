@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Module;
@@ -48,23 +48,39 @@ pub(crate) fn load_or_compile(
     progress: &Progress,
     compile: impl FnOnce() -> Result<Vec<u8>, Error>,
 ) -> Result<Module, Error> {
+    load_or_create(engine, dir, &format!("{name}-{key}"), || {
+        let wasm = compile()?;
+        let what = format!("compiling the {name} runtime (one time, about a minute)");
+        progress
+            .long_task(&what, || Module::new(engine, &wasm))
+            .map_err(|e| Error::internal(format!("compiling {name}: {e:#}")))
+    })
+}
+
+/// Loads `<dir>/<stem>.cwasm`, or makes the module with `create`, stores it and loads the
+/// stored file. Holds a lock while creating, so concurrent callers (threads or processes)
+/// create it once; nothing is stored when `create` fails.
+pub(crate) fn load_or_create(
+    engine: &wasmtime::Engine,
+    dir: &Path,
+    stem: &str,
+    create: impl FnOnce() -> Result<Module, Error>,
+) -> Result<Module, Error> {
     fsutil::create_private_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let path = dir.join(format!("{name}-{key}.cwasm"));
+    let path = dir.join(format!("{stem}.cwasm"));
     if let Some(module) = try_load(engine, &path) {
         return Ok(module);
     }
-    let _lock = fsutil::lock_file(&dir.join(format!(".{name}-{key}.lock")))?;
+    let _lock = fsutil::lock_file(&dir.join(format!(".{stem}.lock")))?;
     // Another process may have finished while we waited for the lock.
     if let Some(module) = try_load(engine, &path) {
         return Ok(module);
     }
-    let wasm = compile()?;
-    let what = format!("compiling the {name} runtime (one time, about a minute)");
-    let bytes = progress
-        .long_task(&what, || engine.precompile_module(&wasm))
-        .map_err(|e| Error::internal(format!("compiling {name}: {e:#}")))?;
-    drop(wasm);
-    write_atomically(dir, &path, &bytes)?;
+    let module = create()?;
+    let bytes = module.serialize().map_err(Error::internal)?;
+    drop(module);
+    fsutil::write_atomically(&path, &bytes)?;
+    // The stored file is mapped rather than held in memory, and shared between processes.
     try_load(engine, &path).ok_or_else(|| {
         Error::Internal(format!(
             "{} cannot be loaded after compiling",
@@ -73,13 +89,18 @@ pub(crate) fn load_or_compile(
     })
 }
 
+/// Loads `<dir>/<stem>.cwasm` if it exists and is valid for `engine`.
+pub(crate) fn load_existing(engine: &wasmtime::Engine, dir: &Path, stem: &str) -> Option<Module> {
+    try_load(engine, &dir.join(format!("{stem}.cwasm")))
+}
+
 /// Loads a cached module; a file that is missing, truncated or made for another engine is
 /// removed (when present) and reported as absent.
-fn try_load(engine: &wasmtime::Engine, path: &PathBuf) -> Option<Module> {
+fn try_load(engine: &wasmtime::Engine, path: &Path) -> Option<Module> {
     if !path.is_file() {
         return None;
     }
-    // SAFETY: the file was written by `precompile_module` of an engine with the same
+    // SAFETY: the file was written by `Module::serialize` of an engine with the same
     // compatibility hash (it is part of the name) into a private directory, and renamed into
     // place only when complete. wasmtime checks the header and version and refuses a file that
     // does not parse; a refused file is deleted and recompiled.
@@ -92,15 +113,6 @@ fn try_load(engine: &wasmtime::Engine, path: &PathBuf) -> Option<Module> {
             None
         }
     }
-}
-
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]

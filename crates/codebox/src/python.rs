@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Memory, Store, TypedFunc};
+use wasmtime::{Instance, InstancePre, Memory, Store, TypedFunc};
 
 use crate::Error;
 use crate::engine::EngineInner;
 use crate::host::HostState;
 use crate::output::SharedCapture;
+use crate::template::Template;
 
 pub(crate) const KERNEL_SOURCE: &str =
     include_str!("../../../wasm-runtimes/python/codebox_kernel.py");
@@ -34,23 +35,46 @@ del _codebox_boot
 /// Runs one cell; the kernel fetches the code through the door.
 const RUN_TURN: &str = "__import__('_codebox_kernel').run()";
 
+/// The first turn of a context restored from a template: the kernel is already loaded, but
+/// the streams, environment and working directory are the new context's.
+const RESTORE_TURN: &str = "__import__('_codebox_kernel')._setup()";
+
 /// A live CPython instance.
 pub(crate) struct PythonInstance {
     pub store: Store<HostState>,
+    pub instance: Instance,
     turn: TypedFunc<(i32, i32), i32>,
     alloc: TypedFunc<i32, i32>,
-    memory: Memory,
+    pub memory: Memory,
 }
 
 impl PythonInstance {
-    /// Instantiates the runtime in `store` and loads the kernel.
+    /// Starts a context's interpreter: from `template` when given (restored, kernel loaded),
+    /// else from the plain runtime (the kernel is loaded now).
     pub async fn start(
         inner: &Arc<EngineInner>,
-        mut store: Store<HostState>,
+        store: Store<HostState>,
         capture: &SharedCapture,
+        template: Option<&Template>,
     ) -> Result<PythonInstance, Error> {
-        let instance = inner
-            .python
+        let (pre, first_turn) = match template {
+            Some(t) => (&t.pre, RESTORE_TURN),
+            None => (&inner.python, BOOT_TURN),
+        };
+        let mut live = PythonInstance::instantiate(inner, pre, store, template.is_none()).await?;
+        live.first_turn(capture, first_turn).await?;
+        Ok(live)
+    }
+
+    /// Instantiates `pre` in `store`, calls `_initialize` when asked and the module exports
+    /// it, and binds the write forwarding to the new memory.
+    pub async fn instantiate(
+        inner: &EngineInner,
+        pre: &InstancePre<HostState>,
+        mut store: Store<HostState>,
+        initialize: bool,
+    ) -> Result<PythonInstance, Error> {
+        let instance = pre
             .instantiate_async(&mut store)
             .await
             .map_err(Error::internal)?;
@@ -59,7 +83,7 @@ impl PythonInstance {
                 .get_func(&mut *store, name)
                 .ok_or_else(|| Error::Internal(format!("the runtime does not export {name}")))
         };
-        if let Ok(init) = func(&mut store, "_initialize") {
+        if initialize && let Ok(init) = func(&mut store, "_initialize") {
             init.typed::<(), ()>(&store)
                 .map_err(Error::internal)?
                 .call_async(&mut store, ())
@@ -80,27 +104,36 @@ impl PythonInstance {
             .bind(&mut store, memory)
             .await
             .map_err(Error::internal)?;
-        let mut live = PythonInstance {
+        Ok(PythonInstance {
             store,
+            instance,
             turn,
             alloc,
             memory,
-        };
+        })
+    }
 
+    /// Runs the start-up turn `source`, which must succeed without an error.
+    pub async fn first_turn(&mut self, capture: &SharedCapture, source: &str) -> Result<(), Error> {
         capture
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .start(64 << 10, None);
-        let status = live.turn(BOOT_TURN).await;
-        let boot_output = capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
-        live.store.data_mut().door.boot = None;
+        let status = self.turn(source).await;
+        let output = capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        self.store.data_mut().door.boot = None;
         match status {
-            Ok(0) if live.store.data().door.error.is_none() => Ok(live),
+            Ok(0) if self.store.data().door.error.is_none() => Ok(()),
             other => Err(Error::Internal(format!(
                 "the Python kernel failed to start ({other:?}): {}",
-                boot_output.stderr.trim()
+                output.stderr.trim()
             ))),
         }
+    }
+
+    /// Loads the kernel into a plain interpreter.
+    pub async fn boot(&mut self, capture: &SharedCapture) -> Result<(), Error> {
+        self.first_turn(capture, BOOT_TURN).await
     }
 
     /// Runs the cell waiting in the door.
@@ -109,7 +142,7 @@ impl PythonInstance {
     }
 
     /// Writes `source` into guest memory and runs it as one turn.
-    async fn turn(&mut self, source: &str) -> wasmtime::Result<i32> {
+    pub async fn turn(&mut self, source: &str) -> wasmtime::Result<i32> {
         let len = i32::try_from(source.len())?;
         let ptr = self.alloc.call_async(&mut self.store, len).await?;
         self.memory

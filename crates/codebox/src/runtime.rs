@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::Error;
 use crate::progress::Progress;
 
-const PYTHON_MANIFEST: &str = include_str!("../../../wasm-runtimes/python.toml");
+pub(crate) const PYTHON_MANIFEST: &str = include_str!("../../../wasm-runtimes/python.toml");
 const JAVASCRIPT_MANIFEST: &str = include_str!("../../../wasm-runtimes/javascript.toml");
 
 /// Pinned description of one runtime wheel (see `wasm-runtimes/python.toml`).
@@ -29,6 +29,11 @@ pub(crate) struct Manifest {
     pub version: String,
     pub wheel: String,
     pub wheel_sha256: String,
+    /// The file (one of `files`) contexts instantiate.
+    pub module: String,
+    /// The plain, not pre-initialised module templates are built from, if any.
+    #[serde(default)]
+    pub template_base: Option<String>,
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub trees: Vec<TreeEntry>,
@@ -67,12 +72,22 @@ impl Manifest {
         [Manifest::python(), Manifest::javascript()]
     }
 
-    /// The guest module: the one `.wasm` file.
-    fn module(&self) -> &FileEntry {
+    fn entry(&self, file: &str) -> &FileEntry {
         self.files
             .iter()
-            .find(|f| f.file.ends_with(".wasm"))
-            .expect("manifest names a module")
+            .find(|f| f.file == file)
+            .unwrap_or_else(|| panic!("the manifest lists {file}"))
+    }
+
+    /// The guest module contexts run.
+    fn module(&self) -> &FileEntry {
+        self.entry(&self.module)
+    }
+
+    /// Modules are hashed right before they are compiled, not on every open: they are large
+    /// and only their compiled form is loaded afterwards.
+    fn is_module(&self, entry: &FileEntry) -> bool {
+        entry.file == self.module || self.template_base.as_ref() == Some(&entry.file)
     }
 
     /// Directory name of this runtime inside the runtimes directory, e.g. `python-0.1.0`.
@@ -90,6 +105,8 @@ pub(crate) struct RuntimeFiles {
     pub module_path: PathBuf,
     /// sha256 of the module, which keys the compiled-module cache.
     pub module_sha256: String,
+    /// The plain module templates are built from, with its sha256.
+    pub template_base: Option<(PathBuf, String)>,
 }
 
 impl RuntimeFiles {
@@ -127,7 +144,7 @@ impl RuntimeFiles {
                 });
             }
         }
-        for entry in manifest.files.iter().filter(|f| f.file != module.file) {
+        for entry in manifest.files.iter().filter(|f| !manifest.is_module(f)) {
             check_file(&dir.join(&entry.file), &entry.sha256)?;
         }
         for tree in &manifest.trees {
@@ -140,9 +157,14 @@ impl RuntimeFiles {
                 });
             }
         }
+        let template_base = manifest.template_base.as_ref().map(|file| {
+            let entry = manifest.entry(file);
+            (dir.join(&entry.file), entry.sha256.clone())
+        });
         Ok(RuntimeFiles {
             module_path: dir.join(&module.file),
             module_sha256: module.sha256.clone(),
+            template_base,
             dir,
         })
     }
@@ -150,6 +172,23 @@ impl RuntimeFiles {
     /// Hashes the module file; used right before compiling it.
     pub(crate) fn verify_module(&self) -> Result<(), Error> {
         check_file(&self.module_path, &self.module_sha256)
+    }
+
+    /// Reads and verifies the plain module templates are built from.
+    pub(crate) fn read_template_base(&self) -> Result<Vec<u8>, Error> {
+        let Some((path, sha256)) = &self.template_base else {
+            return Err(Error::Internal(
+                "this runtime has no module to build templates from".into(),
+            ));
+        };
+        let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+        if hex_sha256(&bytes) != *sha256 {
+            return Err(corrupt(
+                path,
+                "its sha256 does not match the pinned manifest".into(),
+            ));
+        }
+        Ok(bytes)
     }
 }
 
@@ -476,6 +515,9 @@ mod tests {
         let m = Manifest::python();
         assert_eq!(m.dir_name(), "python-0.1.0");
         assert_eq!(m.module().file, "python-snapshot.wasm");
+        assert_eq!(m.template_base.as_deref(), Some("python.wasm"));
+        assert!(m.is_module(m.entry("python.wasm")));
+        assert!(!m.is_module(m.entry("lib/python315.zip")));
         assert_eq!(m.trees.len(), 1);
         assert_eq!(
             Manifest::javascript().module().file,

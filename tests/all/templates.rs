@@ -1,0 +1,353 @@
+//! Templates: the built-in `data` template, custom templates, the build gate and the cache.
+//!
+//! Building a template takes about a minute, so the `data` template is built once (by the
+//! first test that needs it, into the shared cache) and the custom-template tests share one
+//! small template.
+
+use codebox::{Context, ContextOptions, Engine, Error, ErrorKind, TemplateRecipe};
+use tokio::sync::OnceCell;
+
+use crate::common::{engine, ok};
+
+/// A context from the `data` template (built on first use).
+async fn data_context(options: ContextOptions) -> Context {
+    engine()
+        .create_context(options.template("data"))
+        .await
+        .expect("a data context starts")
+}
+
+#[tokio::test]
+async fn a_data_context_has_pandas_and_pyplot_without_importing() {
+    let ctx = data_context(ContextOptions::new()).await;
+    let run = ok(
+        &ctx,
+        "import sys\nsorted(m for m in ('numpy', 'pandas', 'matplotlib.pyplot') if m in sys.modules)",
+    )
+    .await;
+    assert_eq!(
+        run.text(),
+        Some("['matplotlib.pyplot', 'numpy', 'pandas']")
+    );
+
+    let run = ok(
+        &ctx,
+        "df = pd.DataFrame({'city': ['Oslo', 'Lima', 'Oslo'], 'sales': [3, 5, 4]})\n\
+         df.groupby('city').sales.sum().to_dict()",
+    )
+    .await;
+    assert_eq!(run.text(), Some("{'Lima': 5, 'Oslo': 7}"));
+
+    let run = ok(
+        &ctx,
+        "plt.plot([1, 2, 3], [2, 1, 3])\nplt.title('sales')\nplt.show()",
+    )
+    .await;
+    let png = run
+        .results
+        .iter()
+        .find_map(|r| r.data.get("image/png"))
+        .expect("the chart comes back as a PNG");
+    assert!(png.as_str().is_some_and(|s| s.len() > 1000), "{png}");
+    assert_eq!(run.execution_count, 3, "the build's cells are not counted");
+}
+
+#[tokio::test]
+async fn contexts_from_one_template_share_no_state_or_files() {
+    let a = data_context(ContextOptions::new()).await;
+    let b = data_context(ContextOptions::new()).await;
+    ok(&a, "secret = 41\nopen('mine.txt', 'w').write('a')").await;
+    let run = b.execute("secret").await.unwrap();
+    assert_eq!(run.error.as_ref().map(|e| e.name.as_str()), Some("NameError"));
+    let run = ok(&b, "import os\nos.path.exists('mine.txt')").await;
+    assert_eq!(run.text(), Some("False"));
+
+    // Randomness is per context, for `random` and for numpy's legacy global generator.
+    let draw = "import random\n(random.random(), float(np.random.random()))";
+    let from_a = ok(&a, draw).await.text().map(str::to_string);
+    let from_b = ok(&b, draw).await.text().map(str::to_string);
+    assert_ne!(from_a, from_b);
+    // Names the warm-up made are gone; the setup's stay.
+    let run = ok(&a, "[n in globals() for n in ('frame', 'figure', 'np', 'pd', 'plt')]").await;
+    assert_eq!(run.text(), Some("[False, False, True, True, True]"));
+}
+
+#[tokio::test]
+async fn a_restored_context_sees_its_own_environment_directory_files_and_clock() {
+    let ctx = data_context(
+        ContextOptions::new()
+            .env("REGION", "eu-north")
+            .cwd("/home/user/work"),
+    )
+    .await;
+    ctx.files()
+        .write("work/sales.csv", b"city,sales\nOslo,3\nLima,5\nOslo,4\n")
+        .unwrap();
+    let run = ok(
+        &ctx,
+        "import os, sys\n(os.environ.get('REGION'), os.getcwd(), sys.orig_argv, sys.argv, 'CODEBOX_TEMPLATE_BUILD' in os.environ)",
+    )
+    .await;
+    assert_eq!(
+        run.text(),
+        Some("('eu-north', '/home/user/work', ['/usr/local/bin/python.wasm'], [''], False)")
+    );
+    let run = ok(
+        &ctx,
+        "pd.read_csv('sales.csv').groupby('city').sales.sum().to_dict()",
+    )
+    .await;
+    assert_eq!(run.text(), Some("{'Lima': 5, 'Oslo': 7}"));
+
+    // Wall time is now; the monotonic clock moves forward between executions.
+    ok(&ctx, "import time\nt0 = time.monotonic()").await;
+    let run = ok(
+        &ctx,
+        "import datetime\n(time.monotonic() > t0, abs(time.time() - datetime.datetime.now().timestamp()) < 5)",
+    )
+    .await;
+    assert_eq!(run.text(), Some("(True, True)"));
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let guest_now: f64 = ok(&ctx, "time.time()")
+        .await
+        .text()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((guest_now - host_now).abs() < 60.0, "{guest_now} vs {host_now}");
+
+    // Output streams are line-buffered again after the restore: streamed in order.
+    let run = ok(&ctx, "import sys\nprint('out')\nprint('err', file=sys.stderr)").await;
+    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("out\n", "err\n"));
+}
+
+#[tokio::test]
+async fn a_memory_limit_below_the_template_is_refused_by_name() {
+    let err = engine()
+        .create_context(
+            ContextOptions::new()
+                .template("data")
+                .limits(codebox::Limits {
+                    memory_bytes: 32 << 20,
+                    ..Default::default()
+                }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("data") && m.contains("memory")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn templates_are_only_for_python_and_must_exist() {
+    let err = engine()
+        .create_context(
+            ContextOptions::new()
+                .language(codebox::Language::JavaScript)
+                .template("data"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    let err = engine()
+        .create_context(ContextOptions::new().template("no-such-template"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("no-such-template")),
+        "{err}"
+    );
+    let err = engine()
+        .create_context(ContextOptions::new().template("../../etc"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_failing_setup_returns_its_traceback_and_stores_nothing() {
+    let engine = engine();
+    let err = engine
+        .build_template(
+            "broken-setup",
+            TemplateRecipe::new("import json\n\ndef load():\n    return 1 / 0\n\nload()\n"),
+        )
+        .await
+        .unwrap_err();
+    let Error::Template { name, message } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(name, "broken-setup");
+    assert!(message.contains("ZeroDivisionError"), "{message}");
+    assert!(message.contains("line 4, in load"), "{message}");
+    assert!(!engine.templates().iter().any(|t| t.name == "broken-setup"));
+}
+
+#[tokio::test]
+async fn a_template_with_an_open_file_is_refused_naming_it() {
+    let engine = engine();
+    let err = engine
+        .build_template(
+            "leaky",
+            TemplateRecipe::new("log = open('/tmp/build.log', 'w')\nlog.write('x')\n"),
+        )
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("/tmp/build.log"), "{message}");
+    assert!(message.contains("fd "), "{message}");
+    assert!(!engine.templates().iter().any(|t| t.name == "leaky"));
+}
+
+const CUSTOM_SETUP: &str = "\
+import json, statistics
+GREETING = 'hello from the template'
+
+def mean_of(values):
+    return statistics.mean(values)
+";
+
+/// The shared custom template, built once.
+async fn custom_template(engine: &Engine) {
+    static BUILT: OnceCell<()> = OnceCell::const_new();
+    BUILT
+        .get_or_init(|| async {
+            let info = engine
+                .build_template(
+                    "test-custom",
+                    TemplateRecipe::new(CUSTOM_SETUP).warmup("scratch = mean_of([1, 2, 3])"),
+                )
+                .await
+                .expect("the custom template builds");
+            assert!(info.built);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_custom_template_round_trips_and_a_corrupt_cache_is_rebuilt() {
+    let engine = engine();
+    custom_template(&engine).await;
+    let listed = engine.templates();
+    let info = listed
+        .iter()
+        .find(|t| t.name == "test-custom")
+        .expect("listed");
+    assert!(info.built && !info.builtin);
+    assert_eq!(
+        info.recipe.as_ref().map(|r| r.setup.as_str()),
+        Some(CUSTOM_SETUP)
+    );
+    assert!(listed.iter().any(|t| t.name == "stdlib" && t.built));
+
+    let ctx = engine
+        .create_context(ContextOptions::new().template("test-custom"))
+        .await
+        .unwrap();
+    let run = ok(&ctx, "(GREETING, mean_of([2, 4]), 'scratch' in globals(), json.dumps([1]))").await;
+    assert_eq!(
+        run.text(),
+        Some("('hello from the template', 3, False, '[1]')")
+    );
+
+    // Damage the cached module: a fresh engine (nothing loaded in memory) detects it and
+    // rebuilds from the stored recipe.
+    let cache = codebox_cache_dir();
+    let compiled: Vec<_> = std::fs::read_dir(cache.join("compiled"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("template-test-custom-")
+        })
+        .collect();
+    assert_eq!(compiled.len(), 1, "{compiled:?}");
+    let bytes = std::fs::read(&compiled[0]).unwrap();
+    std::fs::write(&compiled[0], &bytes[..bytes.len() / 3]).unwrap();
+    drop(bytes);
+    let fresh = Engine::builder()
+        .max_contexts(4)
+        .default_template(None)
+        .progress(codebox::Progress::silent())
+        .build()
+        .unwrap();
+    let ctx = fresh
+        .create_context(ContextOptions::new().template("test-custom"))
+        .await
+        .expect("rebuilt");
+    let run = ok(&ctx, "GREETING").await;
+    assert_eq!(run.text(), Some("'hello from the template'"));
+    assert!(std::fs::metadata(&compiled[0]).unwrap().len() > (1 << 20));
+}
+
+#[tokio::test]
+async fn custom_templates_can_be_removed_and_builtins_are_protected() {
+    let engine = engine();
+    let err = engine
+        .build_template("data", TemplateRecipe::new("x = 1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert!(engine.remove_template("stdlib").is_err());
+    assert!(matches!(
+        engine.remove_template("never-built"),
+        Err(Error::InvalidInput(_))
+    ));
+
+    engine
+        .build_template("test-removed", TemplateRecipe::new("VALUE = 7"))
+        .await
+        .unwrap();
+    let ctx = engine
+        .create_context(ContextOptions::new().template("test-removed"))
+        .await
+        .unwrap();
+    engine.remove_template("test-removed").unwrap();
+    assert!(!engine.templates().iter().any(|t| t.name == "test-removed"));
+    // A live context keeps working; new ones cannot start from it.
+    assert_eq!(ok(&ctx, "VALUE").await.text(), Some("7"));
+    let err = engine
+        .create_context(ContextOptions::new().template("test-removed"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+}
+
+#[tokio::test]
+async fn the_default_template_is_used_once_built_and_stdlib_stays_selectable() {
+    // Make sure `data` is built, then an engine with the default settings uses it.
+    drop(data_context(ContextOptions::new()).await);
+    let defaults = Engine::builder()
+        .max_contexts(4)
+        .progress(codebox::Progress::silent())
+        .build()
+        .unwrap();
+    let ctx = defaults
+        .create_context(ContextOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(ok(&ctx, "pd.__name__").await.text(), Some("'pandas'"));
+    let plain = defaults
+        .create_context(ContextOptions::new().template("stdlib"))
+        .await
+        .unwrap();
+    let run = plain.execute("pd").await.unwrap();
+    assert_eq!(run.error.map(|e| e.kind), Some(ErrorKind::Exception));
+}
+
+fn codebox_cache_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CODEBOX_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return std::path::PathBuf::from(dir).join("codebox");
+    }
+    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/codebox")
+}
