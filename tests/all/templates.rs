@@ -1,11 +1,10 @@
 //! Templates: the built-in `data` template, custom templates, the build gate and the cache.
 //!
 //! Building a template takes about a minute, so the `data` template is built once (by the
-//! first test that needs it, into the shared cache) and the custom-template tests share one
-//! small template.
+//! first test that needs it, into the shared cache) and one test takes a custom template
+//! through its whole life.
 
 use codebox::{Context, ContextOptions, Engine, Error, ErrorKind, TemplateRecipe};
-use tokio::sync::OnceCell;
 
 use crate::common::{engine, ok};
 
@@ -25,10 +24,7 @@ async fn a_data_context_has_pandas_and_pyplot_without_importing() {
         "import sys\nsorted(m for m in ('numpy', 'pandas', 'matplotlib.pyplot') if m in sys.modules)",
     )
     .await;
-    assert_eq!(
-        run.text(),
-        Some("['matplotlib.pyplot', 'numpy', 'pandas']")
-    );
+    assert_eq!(run.text(), Some("['matplotlib.pyplot', 'numpy', 'pandas']"));
 
     let run = ok(
         &ctx,
@@ -58,7 +54,10 @@ async fn contexts_from_one_template_share_no_state_or_files() {
     let b = data_context(ContextOptions::new()).await;
     ok(&a, "secret = 41\nopen('mine.txt', 'w').write('a')").await;
     let run = b.execute("secret").await.unwrap();
-    assert_eq!(run.error.as_ref().map(|e| e.name.as_str()), Some("NameError"));
+    assert_eq!(
+        run.error.as_ref().map(|e| e.name.as_str()),
+        Some("NameError")
+    );
     let run = ok(&b, "import os\nos.path.exists('mine.txt')").await;
     assert_eq!(run.text(), Some("False"));
 
@@ -68,7 +67,11 @@ async fn contexts_from_one_template_share_no_state_or_files() {
     let from_b = ok(&b, draw).await.text().map(str::to_string);
     assert_ne!(from_a, from_b);
     // Names the warm-up made are gone; the setup's stay.
-    let run = ok(&a, "[n in globals() for n in ('frame', 'figure', 'np', 'pd', 'plt')]").await;
+    let run = ok(
+        &a,
+        "[n in globals() for n in ('frame', 'figure', 'np', 'pd', 'plt')]",
+    )
+    .await;
     assert_eq!(run.text(), Some("[False, False, True, True, True]"));
 }
 
@@ -117,11 +120,21 @@ async fn a_restored_context_sees_its_own_environment_directory_files_and_clock()
         .unwrap()
         .parse()
         .unwrap();
-    assert!((guest_now - host_now).abs() < 60.0, "{guest_now} vs {host_now}");
+    assert!(
+        (guest_now - host_now).abs() < 60.0,
+        "{guest_now} vs {host_now}"
+    );
 
     // Output streams are line-buffered again after the restore: streamed in order.
-    let run = ok(&ctx, "import sys\nprint('out')\nprint('err', file=sys.stderr)").await;
-    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("out\n", "err\n"));
+    let run = ok(
+        &ctx,
+        "import sys\nprint('out')\nprint('err', file=sys.stderr)",
+    )
+    .await;
+    assert_eq!(
+        (run.stdout.as_str(), run.stderr.as_str()),
+        ("out\n", "err\n")
+    );
 }
 
 #[tokio::test]
@@ -212,27 +225,17 @@ def mean_of(values):
     return statistics.mean(values)
 ";
 
-/// The shared custom template, built once.
-async fn custom_template(engine: &Engine) {
-    static BUILT: OnceCell<()> = OnceCell::const_new();
-    BUILT
-        .get_or_init(|| async {
-            let info = engine
-                .build_template(
-                    "test-custom",
-                    TemplateRecipe::new(CUSTOM_SETUP).warmup("scratch = mean_of([1, 2, 3])"),
-                )
-                .await
-                .expect("the custom template builds");
-            assert!(info.built);
-        })
-        .await;
-}
-
 #[tokio::test]
-async fn a_custom_template_round_trips_and_a_corrupt_cache_is_rebuilt() {
+async fn a_custom_template_round_trips_is_rebuilt_when_corrupt_and_can_be_removed() {
     let engine = engine();
-    custom_template(&engine).await;
+    let info = engine
+        .build_template(
+            "test-custom",
+            TemplateRecipe::new(CUSTOM_SETUP).warmup("scratch = mean_of([1, 2, 3])"),
+        )
+        .await
+        .expect("the custom template builds");
+    assert!(info.built);
     let listed = engine.templates();
     let info = listed
         .iter()
@@ -249,7 +252,11 @@ async fn a_custom_template_round_trips_and_a_corrupt_cache_is_rebuilt() {
         .create_context(ContextOptions::new().template("test-custom"))
         .await
         .unwrap();
-    let run = ok(&ctx, "(GREETING, mean_of([2, 4]), 'scratch' in globals(), json.dumps([1]))").await;
+    let run = ok(
+        &ctx,
+        "(GREETING, mean_of([2, 4]), 'scratch' in globals(), json.dumps([1]))",
+    )
+    .await;
     assert_eq!(
         run.text(),
         Some("('hello from the template', 3, False, '[1]')")
@@ -285,10 +292,21 @@ async fn a_custom_template_round_trips_and_a_corrupt_cache_is_rebuilt() {
     let run = ok(&ctx, "GREETING").await;
     assert_eq!(run.text(), Some("'hello from the template'"));
     assert!(std::fs::metadata(&compiled[0]).unwrap().len() > (1 << 20));
+
+    // Removed: a live context keeps working; new ones cannot start from it.
+    fresh.remove_template("test-custom").unwrap();
+    assert!(!fresh.templates().iter().any(|t| t.name == "test-custom"));
+    assert!(!compiled[0].exists());
+    assert_eq!(ok(&ctx, "mean_of([1, 3])").await.text(), Some("2"));
+    let err = fresh
+        .create_context(ContextOptions::new().template("test-custom"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 }
 
 #[tokio::test]
-async fn custom_templates_can_be_removed_and_builtins_are_protected() {
+async fn builtin_templates_are_protected() {
     let engine = engine();
     let err = engine
         .build_template("data", TemplateRecipe::new("x = 1"))
@@ -300,24 +318,6 @@ async fn custom_templates_can_be_removed_and_builtins_are_protected() {
         engine.remove_template("never-built"),
         Err(Error::InvalidInput(_))
     ));
-
-    engine
-        .build_template("test-removed", TemplateRecipe::new("VALUE = 7"))
-        .await
-        .unwrap();
-    let ctx = engine
-        .create_context(ContextOptions::new().template("test-removed"))
-        .await
-        .unwrap();
-    engine.remove_template("test-removed").unwrap();
-    assert!(!engine.templates().iter().any(|t| t.name == "test-removed"));
-    // A live context keeps working; new ones cannot start from it.
-    assert_eq!(ok(&ctx, "VALUE").await.text(), Some("7"));
-    let err = engine
-        .create_context(ContextOptions::new().template("test-removed"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 }
 
 #[tokio::test]
@@ -350,4 +350,53 @@ fn codebox_cache_dir() -> std::path::PathBuf {
         return std::path::PathBuf::from(dir).join("codebox");
     }
     std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/codebox")
+}
+
+#[tokio::test]
+async fn the_http_api_selects_templates_per_sandbox_and_per_context() {
+    use serde_json::{Value, json};
+    drop(data_context(ContextOptions::new()).await);
+    let server = crate::server::start(|_| {}).await;
+
+    let sandbox = server.sandbox(json!({"template": "data"})).await;
+    assert_eq!(sandbox["template"], "data");
+    let id = sandbox["sandboxID"].as_str().unwrap();
+    let out = server.run(id, "pd.DataFrame({'a': [1, 2]}).sum().a").await;
+    assert_eq!(
+        out["results"][0]["data"]["text/plain"], "np.int64(3)",
+        "{out}"
+    );
+
+    let ctx: Value = server
+        .post(&format!("/sandboxes/{id}/contexts"), "key-a")
+        .json(&json!({"language": "python", "template": "stdlib"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ctx["template"], "stdlib", "{ctx}");
+
+    for (body, code) in [
+        (json!({"template": "no-such"}), "unknown_template"),
+        (json!({"template": 7}), "invalid_json"),
+    ] {
+        let response = server
+            .post("/sandboxes", "key-a")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"], code, "{error}");
+    }
+    let response = server
+        .post(&format!("/sandboxes/{id}/contexts"), "key-a")
+        .json(&json!({"language": "javascript", "template": "data"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
 }

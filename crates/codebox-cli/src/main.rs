@@ -32,6 +32,9 @@ enum Command {
     /// Install or list the guest runtimes.
     #[command(subcommand)]
     Runtimes(RuntimesCommand),
+    /// Build, list or remove Python templates (interpreters snapshotted after a setup).
+    #[command(subcommand)]
+    Template(TemplateCommand),
 }
 
 #[derive(Args)]
@@ -70,6 +73,10 @@ struct LimitArgs {
     /// Environment variable for the guest, KEY=VALUE. Repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Python: the template to start from (`stdlib`, `data` or a custom one). Default: `data`
+    /// when it is built, else `stdlib`.
+    #[arg(long, value_name = "NAME")]
+    template: Option<String>,
 }
 
 #[derive(Args)]
@@ -94,14 +101,41 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum RuntimesCommand {
-    /// Download (with pip), verify and install the runtimes, then compile them once.
+    /// Download (with pip), verify and install the runtimes, compile them once and build the
+    /// `data` template (about two minutes in all, once).
     Install {
         /// Use this local wheel instead of downloading it.
         #[arg(long)]
         wheel: Option<PathBuf>,
+        /// Do not build the `data` template now (contexts then build it in the background).
+        #[arg(long)]
+        no_template: bool,
     },
     /// Show the pinned runtimes and whether they are installed.
     List,
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Build a custom template: run SETUP (its names stay), then WARMUP (its names go), and
+    /// snapshot the interpreter. About a minute.
+    Build {
+        /// The template's name: lowercase letters, digits, '-' and '_'.
+        name: String,
+        /// Python file run first; what it imports and defines is in every context.
+        #[arg(long, value_name = "FILE")]
+        setup: PathBuf,
+        /// Python file run after the setup to warm caches; its names are dropped.
+        #[arg(long, value_name = "FILE")]
+        warmup: Option<PathBuf>,
+    },
+    /// List the templates and whether each is built.
+    List,
+    /// Remove a custom template (or the built `data` template's cached module).
+    Remove {
+        /// The template's name.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,8 +152,11 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Repl(args) => repl(args).await,
             Command::Serve(args) => serve(args).await,
-            Command::Runtimes(RuntimesCommand::Install { wheel }) => install(wheel).await,
+            Command::Runtimes(RuntimesCommand::Install { wheel, no_template }) => {
+                install(wheel, !no_template).await
+            }
             Command::Runtimes(RuntimesCommand::List) => list(),
+            Command::Template(command) => template(command).await,
         }
     });
     match result {
@@ -135,11 +172,14 @@ fn fail(message: &str) -> ExitCode {
 
 type CliResult = Result<ExitCode, String>;
 
-async fn engine(fuel: bool) -> Result<Engine, String> {
+/// An engine for one command. `background` lets it build the `data` template in the
+/// background when it is missing: only worth it in a process that lives long enough.
+async fn engine(fuel: bool, background: bool) -> Result<Engine, String> {
     tokio::task::spawn_blocking(move || {
         Engine::builder()
             .fuel_metering(fuel)
             .max_contexts(4)
+            .build_default_template(background)
             .build()
     })
     .await
@@ -164,7 +204,11 @@ fn language(args: &LimitArgs, script: Option<&std::path::Path>) -> Result<Langua
     })
 }
 
-async fn context(args: &LimitArgs, language: Language) -> Result<Context, String> {
+async fn context(
+    args: &LimitArgs,
+    language: Language,
+    interactive: bool,
+) -> Result<Context, String> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         return Err("--timeout must be a positive number of seconds".into());
     }
@@ -181,7 +225,9 @@ async fn context(args: &LimitArgs, language: Language) -> Result<Context, String
         };
         options = options.env(key, value);
     }
-    let engine = engine(args.fuel.is_some()).await?;
+    options.template = args.template.clone();
+    // A one-shot run exits long before a background build would finish.
+    let engine = engine(args.fuel.is_some(), interactive).await?;
     engine
         .create_context(options)
         .await
@@ -201,6 +247,7 @@ async fn run(args: RunArgs) -> CliResult {
     let ctx = context(
         &args.limits,
         language(&args.limits, args.script.as_deref())?,
+        false,
     )
     .await?;
     for spec in &args.files {
@@ -284,7 +331,7 @@ fn exit_code(execution: &Execution) -> ExitCode {
 }
 
 async fn repl(args: LimitArgs) -> CliResult {
-    let ctx = context(&args, language(&args, None)?).await?;
+    let ctx = context(&args, language(&args, None)?, true).await?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("codebox Python sandbox; state persists between inputs. Ctrl-D to quit.");
@@ -398,7 +445,7 @@ fn generated_key() -> Result<String, String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-async fn install(wheel: Option<PathBuf>) -> CliResult {
+async fn install(wheel: Option<PathBuf>, build_template: bool) -> CliResult {
     let installed = tokio::task::spawn_blocking(move || {
         codebox::install_runtimes(None, wheel.as_deref(), &Progress::stderr())
     })
@@ -406,7 +453,7 @@ async fn install(wheel: Option<PathBuf>) -> CliResult {
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     // Compile now, once, so the first run is fast.
-    engine(false).await?;
+    let engine = engine(false, false).await?;
     for runtime in installed {
         println!(
             "{} {} ready in {}",
@@ -414,6 +461,50 @@ async fn install(wheel: Option<PathBuf>) -> CliResult {
             runtime.version,
             runtime.dir.display()
         );
+    }
+    if build_template {
+        engine
+            .prepare_template(codebox::DATA_TEMPLATE)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("template {} ready", codebox::DATA_TEMPLATE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn template(command: TemplateCommand) -> CliResult {
+    let engine = engine(false, false).await?;
+    match command {
+        TemplateCommand::Build {
+            name,
+            setup,
+            warmup,
+        } => {
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            };
+            let mut recipe = codebox::TemplateRecipe::new(read(&setup)?);
+            if let Some(path) = &warmup {
+                recipe = recipe.warmup(read(path)?);
+            }
+            engine
+                .build_template(&name, recipe)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("template {name} ready; use it with --template {name}");
+        }
+        TemplateCommand::List => {
+            for info in engine.templates() {
+                let kind = if info.builtin { "built-in" } else { "custom" };
+                let state = if info.built { "built" } else { "not built" };
+                println!("{}\t{kind}\t{state}", info.name);
+            }
+        }
+        TemplateCommand::Remove { name } => {
+            engine.remove_template(&name).map_err(|e| e.to_string())?;
+            println!("template {name} removed");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

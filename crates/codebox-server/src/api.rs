@@ -82,6 +82,8 @@ struct CreateSandbox {
     env_vars: BTreeMap<String, String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// Template for the sandbox's Python contexts.
+    template: Option<String>,
 }
 
 async fn create_sandbox(
@@ -95,12 +97,17 @@ async fn create_sandbox(
             timeout: None,
             env_vars: BTreeMap::new(),
             metadata: BTreeMap::new(),
+            template: None,
         }
     } else {
         crate::extract::parse_json(&body)?
     };
+    if let Some(name) = &body.template {
+        check_template(&app, name)?;
+    }
     let new = NewSandbox {
         timeout: body.timeout,
+        template: body.template,
         env_vars: body.env_vars,
         metadata: body.metadata,
     };
@@ -159,6 +166,27 @@ async fn set_timeout(
 struct CreateContext {
     language: Option<String>,
     cwd: Option<String>,
+    template: Option<String>,
+}
+
+/// Refuses a template name that does not exist, before a sandbox is made for it.
+fn check_template(app: &App, name: &str) -> ApiResult<()> {
+    if app
+        .registry
+        .engine
+        .templates()
+        .iter()
+        .any(|t| t.name == name)
+    {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "unknown_template",
+        format!(
+            "there is no template named {:?}; built-in: stdlib, data",
+            name.chars().take(64).collect::<String>()
+        ),
+    ))
 }
 
 async fn create_context(
@@ -171,7 +199,12 @@ async fn create_context(
     let language = parse_language(body.language.as_deref())?;
     let entry = app
         .registry
-        .add_context(&sandbox, language, body.cwd.as_deref())
+        .add_context(
+            &sandbox,
+            language,
+            body.cwd.as_deref(),
+            body.template.as_deref(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(entry.info())).into_response())
 }
@@ -570,7 +603,10 @@ async fn process(
         }
         _ => format!("{source}\n;undefined"),
     };
-    let entry = app.registry.new_context(&sandbox, language, None).await?;
+    let entry = app
+        .registry
+        .new_context(&sandbox, language, None, None)
+        .await?;
     let run = entry
         .context
         .execute(

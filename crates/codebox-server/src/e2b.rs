@@ -103,7 +103,7 @@ async fn create_context(
     let language = parse_language(body.language.as_deref())?;
     let entry = app
         .registry
-        .add_context(&sandbox, language, body.cwd.as_deref())
+        .add_context(&sandbox, language, body.cwd.as_deref(), None)
         .await?;
     Ok(Json(json!(entry.info())))
 }

@@ -68,6 +68,11 @@ impl From<codebox::Error> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_contexts", message)
             }
             E::ContextClosed => ApiError::new(StatusCode::CONFLICT, "context_closed", message),
+            E::Template { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "template_failed",
+                message,
+            ),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }

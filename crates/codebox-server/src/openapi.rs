@@ -64,15 +64,19 @@ pub(crate) fn document() -> Value {
                     "endAt": {"type": "string", "format": "date-time"},
                     "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "template": {"type": "string"},
                     "contexts": {"type": "integer"}, "e2bPath": {"type": "string"}}},
                 "CreateSandbox": {"type": "object", "additionalProperties": false, "properties": {
                     "timeout": {"type": "integer", "description": "Lifetime in seconds (default 300, max 3600)"},
                     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "template": {"type": "string", "description": "Template for the sandbox's Python contexts: `data` (numpy, pandas, matplotlib imported), `stdlib`, or a custom one. Default: `data` once built, else `stdlib`"}}},
                 "Context": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "language": {"type": "string", "enum": ["python", "javascript", "typescript"]}, "cwd": {"type": "string"}}},
+                    "id": {"type": "string"}, "language": {"type": "string", "enum": ["python", "javascript", "typescript"]}, "cwd": {"type": "string"},
+                    "template": {"type": "string", "description": "Python: the template it started from"}}},
                 "CreateContext": {"type": "object", "additionalProperties": false, "properties": {
-                    "language": {"type": "string"}, "cwd": {"type": "string"}}},
+                    "language": {"type": "string"}, "cwd": {"type": "string"},
+                    "template": {"type": "string", "description": "Python only; overrides the sandbox's template"}}},
                 "Execute": {"type": "object", "required": ["code"], "additionalProperties": false, "properties": {
                     "code": {"type": "string"}, "language": {"type": "string"}, "contextId": {"type": "string"},
                     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},

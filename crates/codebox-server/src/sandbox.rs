@@ -78,6 +78,7 @@ impl ContextEntry {
             id: self.id.clone(),
             language: self.language.name(),
             cwd: self.cwd.clone(),
+            template: self.context.template().map(str::to_string),
         }
     }
 }
@@ -91,6 +92,8 @@ pub(crate) struct Sandbox {
     _dir: tempfile::TempDir,
     pub env_vars: BTreeMap<String, String>,
     pub metadata: BTreeMap<String, String>,
+    /// Template for the sandbox's Python contexts; `None` for the engine's default.
+    pub template: Option<String>,
     pub started_at: SystemTime,
     end_at: Mutex<SystemTime>,
     contexts: Mutex<Vec<Arc<ContextEntry>>>,
@@ -110,6 +113,8 @@ pub(crate) struct SandboxInfo {
     pub end_at: String,
     pub metadata: BTreeMap<String, String>,
     pub env_vars: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     pub contexts: usize,
     /// Path prefix for E2B clients: set `E2B_SANDBOX_URL` to the server's address + this.
     pub e2b_path: String,
@@ -120,6 +125,9 @@ pub(crate) struct ContextInfo {
     pub id: String,
     pub language: &'static str,
     pub cwd: String,
+    /// The template a Python context started from (`stdlib` for none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl Sandbox {
@@ -130,6 +138,7 @@ impl Sandbox {
             end_at: rfc3339(self.end_at()),
             metadata: self.metadata.clone(),
             env_vars: self.env_vars.clone(),
+            template: self.template.clone(),
             contexts: self
                 .contexts
                 .lock()
@@ -192,6 +201,8 @@ pub(crate) struct Registry {
 /// What a client may set when creating a sandbox.
 pub(crate) struct NewSandbox {
     pub timeout: Option<u64>,
+    /// Template for the sandbox's Python contexts; `None` for the engine's default.
+    pub template: Option<String>,
     pub env_vars: BTreeMap<String, String>,
     pub metadata: BTreeMap<String, String>,
 }
@@ -244,6 +255,7 @@ impl Registry {
             _dir: dir,
             env_vars: new.env_vars,
             metadata: new.metadata,
+            template: new.template,
             started_at: now,
             end_at: Mutex::new(now + lifetime),
             contexts: Mutex::new(Vec::new()),
@@ -333,6 +345,7 @@ impl Registry {
         sandbox: &Sandbox,
         language: Language,
         cwd: Option<&str>,
+        template: Option<&str>,
     ) -> impl Future<Output = ApiResult<Arc<ContextEntry>>> + Send + 'static {
         let engine = self.engine.clone();
         let limits: Limits = self.config.limits.clone();
@@ -341,6 +354,12 @@ impl Registry {
             .home(sandbox.home.clone())
             .language(language);
         options.env = sandbox.env_vars.clone();
+        if language == Language::Python {
+            options.template = template.map(str::to_string).or(sandbox.template.clone());
+        } else if let Some(name) = template {
+            // The engine refuses it with a clear message.
+            options.template = Some(name.to_string());
+        }
         let cwd = cwd.map(str::to_string).filter(|c| !c.is_empty());
         if let Some(cwd) = &cwd {
             options = options.cwd(cwd.clone());
@@ -373,8 +392,9 @@ impl Registry {
         sandbox: &Sandbox,
         language: Language,
         cwd: Option<&str>,
+        template: Option<&str>,
     ) -> ApiResult<Arc<ContextEntry>> {
-        let entry = self.new_context(sandbox, language, cwd).await?;
+        let entry = self.new_context(sandbox, language, cwd, template).await?;
         sandbox
             .contexts
             .lock()
@@ -397,7 +417,7 @@ impl Registry {
         {
             return Ok(entry);
         }
-        self.add_context(sandbox, language, None).await
+        self.add_context(sandbox, language, None, None).await
     }
 }
 

@@ -199,6 +199,7 @@ impl From<String> for ExecuteRequest {
 /// starts afresh (like a timeout) before its next execution.
 pub struct Context {
     state: tokio::sync::Mutex<State>,
+    template: Option<String>,
     home: HomeDir,
     tmp: std::path::PathBuf,
     limits: Limits,
@@ -321,8 +322,16 @@ impl Context {
         };
         state.live = Some(state.start().await?);
         let tmp = state.tmp.path().to_path_buf();
+        let template = (state.options.language == Language::Python).then(|| {
+            state
+                .template
+                .as_ref()
+                .map_or(crate::STDLIB_TEMPLATE, |t| t.name.as_str())
+                .to_string()
+        });
         Ok(Context {
             state: tokio::sync::Mutex::new(state),
+            template,
             home,
             tmp,
             limits: options.limits,
@@ -359,6 +368,12 @@ impl Context {
     /// The host directory behind the context's private `/tmp`.
     pub(crate) fn tmp_path(&self) -> &std::path::Path {
         &self.tmp
+    }
+
+    /// The template a Python context started from (`stdlib` for the plain interpreter);
+    /// `None` for other languages.
+    pub fn template(&self) -> Option<&str> {
+        self.template.as_deref()
     }
 
     /// The limits this context was created with.
@@ -592,96 +607,90 @@ pub(crate) const TEMPLATE_BUILD_ENV: &str = "CODEBOX_TEMPLATE_BUILD";
 /// A store with a guest's WASI view (args, environment, preopens, clocks), limits and host
 /// state, laid out exactly the same for contexts and for template builds.
 pub(crate) fn new_store(spec: &StoreSpec) -> Result<Store<HostState>, Error> {
-        let inner = &spec.engine.inner;
-        let files = &inner.files;
-        let limits = &spec.options.limits;
-        let language = spec.options.language;
+    let inner = &spec.engine.inner;
+    let files = &inner.files;
+    let limits = &spec.options.limits;
+    let language = spec.options.language;
 
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.env("HOME", GUEST_HOME)
-            .env("TMPDIR", "/tmp")
-            .stdout(GuestStream::new(spec.capture.clone(), Stream::Stdout))
-            .stderr(GuestStream::new(spec.capture.clone(), Stream::Stderr))
-            .allow_blocking_current_thread(true);
-        if language == Language::Python {
-            wasi.args(PYTHON_ARGV)
-                .env("PYTHONTZPATH", "")
-                .env("MPLBACKEND", MPL_BACKEND)
-                .env("MPLCONFIGDIR", MPL_CONFIG_DIR)
-                .monotonic_clock(AnchoredMonotonicClock::new());
-            if spec.template_build {
-                wasi.arg(TEMPLATE_BUILD_ENV).env(TEMPLATE_BUILD_ENV, "1");
-            }
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.env("HOME", GUEST_HOME)
+        .env("TMPDIR", "/tmp")
+        .stdout(GuestStream::new(spec.capture.clone(), Stream::Stdout))
+        .stderr(GuestStream::new(spec.capture.clone(), Stream::Stderr))
+        .allow_blocking_current_thread(true);
+    if language == Language::Python {
+        wasi.args(PYTHON_ARGV)
+            .env("PYTHONTZPATH", "")
+            .env("MPLBACKEND", MPL_BACKEND)
+            .env("MPLCONFIGDIR", MPL_CONFIG_DIR)
+            .monotonic_clock(AnchoredMonotonicClock::new());
+        if spec.template_build {
+            wasi.arg(TEMPLATE_BUILD_ENV).env(TEMPLATE_BUILD_ENV, "1");
+        }
+    } else {
+        wasi.args(&["qjs"]);
+    }
+    for (key, value) in &spec.options.env {
+        wasi.env(key, value);
+    }
+    if let Some(cwd) = &spec.cwd {
+        wasi.env("PWD", cwd);
+    }
+    let preopen = |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
+        let perms = if write {
+            FsPerms::ReadWrite
         } else {
-            wasi.args(&["qjs"]);
-        }
-        for (key, value) in &spec.options.env {
-            wasi.env(key, value);
-        }
-        if let Some(cwd) = &spec.cwd {
-            wasi.env("PWD", cwd);
-        }
-        let preopen =
-            |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
-                let perms = if write {
-                    FsPerms::ReadWrite
-                } else {
-                    FsPerms::ReadOnly
-                };
-                wasi.preopened_dir(host, guest, perms)
-                    .map(|_| ())
-                    .map_err(|e| {
-                        Error::internal(format!("mounting {} at {guest}: {e:#}", host.display()))
-                    })
-            };
-        if language == Language::Python {
-            // The order matters to the runtime: stdlib, matplotlib data, /tmp, then home.
-            preopen(&mut wasi, &files.python_lib_dir(), GUEST_LIB_DIR, false)?;
-            preopen(&mut wasi, &files.mpl_data_dir(), GUEST_MPL_DATA_DIR, false)?;
-            if let Some(Some(fonts)) = inner.mpl_font_cache.get() {
-                copy_font_cache(fonts, spec.tmp)?;
-            }
-        }
-        preopen(&mut wasi, spec.tmp, "/tmp", true)?;
-        preopen(&mut wasi, spec.home.host_path(), GUEST_HOME, true)?;
-
-        let state = HostState {
-            wasi: wasi.build_p1(),
-            memory: MemoryLimiter {
-                limit: limits.memory_bytes as usize,
-                refused: false,
-            },
-            door: Door {
-                boot: Some(Boot {
-                    kernel: inner.kernel.clone(),
-                    may_supply_bytecode: spec.options.env.is_empty() && !spec.template_build,
-                }),
-                ..Door::default()
-            },
-            quota: DiskQuota::new(
-                limits.disk_bytes,
-                vec![
-                    spec.home.host_path().to_path_buf(),
-                    spec.tmp.to_path_buf(),
-                ],
-            ),
-            deadline: Instant::now() + Duration::from_secs(60),
-            forward: None,
+            FsPerms::ReadOnly
         };
-        let mut store = Store::new(&inner.wasm, state);
-        store.limiter(|s| &mut s.memory);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(Trap::Interrupt.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        store.set_epoch_deadline(1);
-        if inner.fuel_metering {
-            store.set_fuel(u64::MAX).map_err(Error::internal)?;
+        wasi.preopened_dir(host, guest, perms)
+            .map(|_| ())
+            .map_err(|e| Error::internal(format!("mounting {} at {guest}: {e:#}", host.display())))
+    };
+    if language == Language::Python {
+        // The order matters to the runtime: stdlib, matplotlib data, /tmp, then home.
+        preopen(&mut wasi, &files.python_lib_dir(), GUEST_LIB_DIR, false)?;
+        preopen(&mut wasi, &files.mpl_data_dir(), GUEST_MPL_DATA_DIR, false)?;
+        if let Some(Some(fonts)) = inner.mpl_font_cache.get() {
+            copy_font_cache(fonts, spec.tmp)?;
         }
-        Ok(store)
+    }
+    preopen(&mut wasi, spec.tmp, "/tmp", true)?;
+    preopen(&mut wasi, spec.home.host_path(), GUEST_HOME, true)?;
+
+    let state = HostState {
+        wasi: wasi.build_p1(),
+        memory: MemoryLimiter {
+            limit: limits.memory_bytes as usize,
+            refused: false,
+        },
+        door: Door {
+            boot: Some(Boot {
+                kernel: inner.kernel.clone(),
+                may_supply_bytecode: spec.options.env.is_empty() && !spec.template_build,
+            }),
+            ..Door::default()
+        },
+        quota: DiskQuota::new(
+            limits.disk_bytes,
+            vec![spec.home.host_path().to_path_buf(), spec.tmp.to_path_buf()],
+        ),
+        deadline: Instant::now() + Duration::from_secs(60),
+        forward: None,
+    };
+    let mut store = Store::new(&inner.wasm, state);
+    store.limiter(|s| &mut s.memory);
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            Err(Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store.set_epoch_deadline(1);
+    if inner.fuel_metering {
+        store.set_fuel(u64::MAX).map_err(Error::internal)?;
+    }
+    Ok(store)
 }
 
 /// The guest's monotonic clock: nanoseconds since the Unix epoch when the store was made, then

@@ -63,7 +63,9 @@ pub(crate) fn build(
         .map_err(|e| Error::internal(format!("starting the template build's runtime: {e}")))?;
     let module = module_cache::load_or_create(&inner.wasm, &compiled_dir(inner), &stem, || {
         let progress = &inner.progress;
-        progress.step(&format!("building the {name} template (one time, about a minute)"));
+        progress.step(&format!(
+            "building the {name} template (one time, about a minute)"
+        ));
         let (wasm, sealed) = runtime
             .block_on(snapshot(engine, recipe))
             .map_err(|e| name_error(e, name))?;
@@ -73,13 +75,13 @@ pub(crate) fn build(
             })
             .map_err(|e| fail(format!("compiling the snapshot: {e:#}")))?;
         drop(wasm);
-        let template = Arc::new(Template::new(&inner.wasm, &module)?);
+        let template = Arc::new(Template::new(&inner.wasm, name, &module)?);
         runtime
             .block_on(gate(engine, template, sealed))
             .map_err(|reason| fail(format!("the build gate refused it: {reason}")))?;
         Ok(module)
     })?;
-    Ok(Arc::new(Template::new(&inner.wasm, &module)?))
+    Ok(Arc::new(Template::new(&inner.wasm, name, &module)?))
 }
 
 fn name_error(error: Error, name: &str) -> Error {
@@ -169,7 +171,12 @@ async fn snapshot(engine: &Engine, recipe: &TemplateRecipe) -> Result<(Vec<u8>, 
 
     py.boot(&sandbox.capture).await?;
     run_cell(&mut py, &sandbox.capture, "setup", &recipe.setup).await?;
-    raw_turn(&mut py, &sandbox.capture, "__import__('_codebox_kernel')._template_mark()").await?;
+    raw_turn(
+        &mut py,
+        &sandbox.capture,
+        "__import__('_codebox_kernel')._template_mark()",
+    )
+    .await?;
     if let Some(warmup) = &recipe.warmup {
         run_cell(&mut py, &sandbox.capture, "warm-up", warmup).await?;
     }
@@ -425,7 +432,10 @@ async fn gate(engine: &Engine, template: Arc<Template>, sealed: Sealed) -> Resul
         }
         let probe: Probe = serde_json::from_str(run.stdout.trim())
             .map_err(|e| format!("unreadable probe output ({e}): {}", run.stdout))?;
-        let written = ctx.files().read("gate-out.txt").map_err(|e| e.to_string())?;
+        let written = ctx
+            .files()
+            .read("gate-out.txt")
+            .map_err(|e| e.to_string())?;
 
         let expected_argv: Vec<String> = PYTHON_ARGV.iter().map(|s| s.to_string()).collect();
         let checks = [
@@ -435,7 +445,10 @@ async fn gate(engine: &Engine, template: Arc<Template>, sealed: Sealed) -> Resul
             ),
             (
                 probe.token.as_deref() == Some(token.as_str()),
-                format!("the environment is stale: the token reads {:?}", probe.token),
+                format!(
+                    "the environment is stale: the token reads {:?}",
+                    probe.token
+                ),
             ),
             (
                 probe.build_env.is_none(),
@@ -446,7 +459,8 @@ async fn gate(engine: &Engine, template: Arc<Template>, sealed: Sealed) -> Resul
                 format!("the working directory is {:?}", probe.cwd),
             ),
             (
-                probe.read == token && written == token.chars().rev().collect::<String>().as_bytes(),
+                probe.read == token
+                    && written == token.chars().rev().collect::<String>().as_bytes(),
                 "a file written after the restore did not read back".into(),
             ),
             (

@@ -109,13 +109,14 @@ pub struct TemplateInfo {
 
 /// A built template, ready to instantiate.
 pub(crate) struct Template {
+    pub name: String,
     pub pre: InstancePre<HostState>,
     /// The snapshot's memory: a context needs a memory limit at least this large.
     pub memory_bytes: u64,
 }
 
 impl Template {
-    fn new(engine: &wasmtime::Engine, module: &Module) -> Result<Template, Error> {
+    fn new(engine: &wasmtime::Engine, name: &str, module: &Module) -> Result<Template, Error> {
         let memory_bytes = module
             .exports()
             .find_map(|export| match export.ty() {
@@ -128,7 +129,11 @@ impl Template {
         let mut linker = Linker::<HostState>::new(engine);
         host::add_to_linker(&mut linker).map_err(Error::internal)?;
         let pre = linker.instantiate_pre(module).map_err(Error::internal)?;
-        Ok(Template { pre, memory_bytes })
+        Ok(Template {
+            name: name.to_string(),
+            pre,
+            memory_bytes,
+        })
     }
 }
 
@@ -304,7 +309,9 @@ impl Engine {
     /// from it keep running.
     pub fn remove_template(&self, name: &str) -> Result<(), Error> {
         if name == STDLIB_TEMPLATE {
-            return Err(Error::InvalidInput("the stdlib template cannot be removed".into()));
+            return Err(Error::InvalidInput(
+                "the stdlib template cannot be removed".into(),
+            ));
         }
         if name != DATA_TEMPLATE {
             recipe_of(&self.inner, name)?;
@@ -374,11 +381,12 @@ impl Engine {
         }
         let recipe = recipe_of(&self.inner, name)?;
         let stem = compiled_stem(&self.inner, name, &recipe);
-        let Some(module) = module_cache::load_existing(&self.inner.wasm, &compiled_dir(&self.inner), &stem)
+        let Some(module) =
+            module_cache::load_existing(&self.inner.wasm, &compiled_dir(&self.inner), &stem)
         else {
             return Ok(None);
         };
-        let template = Arc::new(Template::new(&self.inner.wasm, &module)?);
+        let template = Arc::new(Template::new(&self.inner.wasm, name, &module)?);
         self.loaded().insert(name.into(), template.clone());
         Ok(Some(template))
     }

@@ -217,7 +217,11 @@ mod tests {
     fn finds_constant_flags_and_exports_internal_functions() {
         let wasm = wat::parse_str(REACTOR).unwrap();
         let facts = inspect(&wasm).unwrap();
-        assert_eq!(facts.turn_flags, [100, 104], "the store through a local is no flag");
+        assert_eq!(
+            facts.turn_flags,
+            [100, 104],
+            "the store through a local is no flag"
+        );
         assert_eq!(facts.reset_functions, [0, 1]);
 
         let exports = [(0, "reset"), (1, "clear")];
