@@ -31,9 +31,15 @@ fn main() {
     let native_version = command_line(&python, &["--version"]);
 
     eprintln!("codebox ...");
-    let plain = Engine::builder().max_contexts(64).build().expect("engine");
+    // Contexts start from `stdlib` unless a measure names the `data` template.
+    let plain = Engine::builder()
+        .max_contexts(64)
+        .default_template(None)
+        .build()
+        .expect("engine");
     let metered = Engine::builder()
         .max_contexts(8)
+        .default_template(None)
         .fuel_metering(true)
         .build()
         .expect("engine");
@@ -183,8 +189,8 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
         "µs",
     ));
     out.push((
-        "… of which the text result (`x + 1` minus `y = x`)".into(),
-        (tiny - silent) * 1e3,
+        "tiny execution without a result (`y = x`)".into(),
+        silent * 1e3,
         "µs",
     ));
 
@@ -268,6 +274,8 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
     ));
     drop(idle);
 
+    out.extend(template_numbers(engine, quick).await);
+
     let js_options = || ContextOptions::new().language(Language::JavaScript);
     let mut create = Vec::new();
     for _ in 0..n {
@@ -297,6 +305,72 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
     }
     out.push((
         "JavaScript: idle context (PSS)".into(),
+        (pss_mib() - before) / contexts as f64,
+        "MiB",
+    ));
+    out
+}
+
+/// Contexts from the `data` template (built first if needed, not timed).
+async fn template_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'static str)> {
+    let data = || ContextOptions::new().template("data");
+    drop(
+        engine
+            .create_context(data())
+            .await
+            .expect("the data template"),
+    );
+    let n = if quick { 10 } else { 40 };
+    let mut out = Vec::new();
+    for (what, code) in [
+        ("`1+1`", "1+1"),
+        (
+            "`pd.DataFrame({'a':[1,2]}).sum().a`",
+            "pd.DataFrame({'a':[1,2]}).sum().a",
+        ),
+        (
+            "groupby on 10k rows",
+            "pd.DataFrame({'k': np.arange(10_000) % 7, 'v': np.arange(10_000)}).groupby('k').v.sum()",
+        ),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..n {
+            let start = Instant::now();
+            let ctx = engine.create_context(data()).await.unwrap();
+            let run = ctx.execute(code).await.unwrap();
+            assert!(run.error.is_none(), "{code}: {:?}", run.error);
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        out.push((
+            format!("`data` template: new context → first {what} result"),
+            median(times),
+            "ms",
+        ));
+    }
+    let plot = "plt.plot([1, 2, 3], [3, 1, 2])\nplt.title('t')\nplt.show()";
+    let mut times = Vec::new();
+    for _ in 0..(if quick { 3 } else { 10 }) {
+        let start = Instant::now();
+        let ctx = engine.create_context(data()).await.unwrap();
+        ctx.execute(plot).await.unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    out.push((
+        "`data` template: new context → first PNG chart".into(),
+        median(times),
+        "ms",
+    ));
+    let (before, contexts) = (pss_mib(), 20);
+    let mut idle = Vec::new();
+    for _ in 0..contexts {
+        let ctx = engine.create_context(data()).await.unwrap();
+        ctx.execute("pd.DataFrame({'a':[1,2]}).sum().a")
+            .await
+            .unwrap();
+        idle.push(ctx);
+    }
+    out.push((
+        "`data` template: idle context after a pandas result (PSS)".into(),
         (pss_mib() - before) / contexts as f64,
         "MiB",
     ));
@@ -394,7 +468,7 @@ fn render(
     }
     let _ = writeln!(
         s,
-        "\n## Reproduce\n\n```sh\ncargo bench --bench compare          # this report (about 3 minutes)\ncargo bench --bench python           # criterion: create, execute_warm, imports, pandas, numpy, matplotlib, HTTP, throughput\ncargo bench --bench javascript       # criterion: JS/TS create, execute_warm, TypeScript transform\ncargo bench --bench python -- --quick\n```\n\n\
+        "\n## Reproduce\n\n```sh\ncargo bench --bench compare          # this report (about 3 minutes)\ncargo bench --bench python           # criterion: create, templates, execute_warm, imports, data, HTTP, throughput\ncargo bench --bench javascript       # criterion: JS/TS create, execute_warm, TypeScript transform\ncargo bench --bench python -- --quick\n```\n\n\
          Timings on a shared 2-core machine are noisy: compare medians and ratios, not single runs. \
          Deterministic regressions are caught by fuel instead (`tests/all/perf.rs`)."
     );

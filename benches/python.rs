@@ -1,5 +1,6 @@
 //! Criterion benches of Python contexts, grouped like the engine's hot paths: `create`,
-//! `execute_warm`, `imports`, `data`, `http`, `throughput`.
+//! `templates`, `execute_warm`, `imports`, `data`, `http`, `throughput`. Contexts start from
+//! `stdlib` except in `templates`.
 //!
 //! Run: `cargo bench --bench python` (`-- --quick` for a smoke run, `-- create` for one
 //! group). Memory per context and timeout precision are in `cargo bench --bench compare`.
@@ -19,7 +20,11 @@ fn runtime() -> Runtime {
 }
 
 fn engine() -> Engine {
-    Engine::builder().max_contexts(64).build().expect("engine")
+    Engine::builder()
+        .max_contexts(64)
+        .default_template(None)
+        .build()
+        .expect("engine")
 }
 
 fn context(rt: &Runtime, engine: &Engine, setup: &str) -> Context {
@@ -43,6 +48,33 @@ fn create(c: &mut Criterion) {
             assert_eq!(ctx.execute("1+1").await.unwrap().text(), Some("2"));
         })
     });
+    group.finish();
+}
+
+/// New contexts from the `data` template (numpy, pandas, pyplot already imported).
+fn templates(c: &mut Criterion) {
+    let (rt, engine) = (runtime(), engine());
+    let data = || ContextOptions::new().template("data");
+    drop(
+        rt.block_on(engine.create_context(data()))
+            .expect("the data template"),
+    );
+    let mut group = c.benchmark_group("templates");
+    for (name, code, expected) in [
+        ("data_context_to_first_1plus1", "1+1", "2"),
+        (
+            "data_context_to_first_pandas_result",
+            "pd.DataFrame({'a':[1,2]}).sum().a",
+            "np.int64(3)",
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let ctx = engine.create_context(data()).await.unwrap();
+                assert_eq!(ctx.execute(code).await.unwrap().text(), Some(expected));
+            })
+        });
+    }
     group.finish();
 }
 
@@ -200,6 +232,7 @@ fn throughput(c: &mut Criterion) {
 criterion_group!(
     benches,
     create,
+    templates,
     execute_warm,
     imports,
     data,
