@@ -171,11 +171,9 @@ fn a_tampered_or_truncated_runtime_is_refused_with_a_fix() {
         let root = tempfile::tempdir().unwrap();
         let copy = root.path().join(real.file_name().unwrap());
         std::fs::create_dir_all(&copy).unwrap();
-        std::os::unix::fs::symlink(
-            real.join("python-snapshot.wasm"),
-            copy.join("python-snapshot.wasm"),
-        )
-        .unwrap();
+        for module in ["python-snapshot.wasm", "python.wasm"] {
+            std::os::unix::fs::symlink(real.join(module), copy.join(module)).unwrap();
+        }
         copy_dir(&real.join("lib"), &copy.join("lib"));
         copy_dir(&real.join("mpl-data"), &copy.join("mpl-data"));
         let zip = copy.join("lib/python315.zip");
