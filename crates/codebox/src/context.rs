@@ -45,9 +45,10 @@ pub struct ContextOptions {
     /// Python only: the template the interpreter starts from. `None` (the default) takes the
     /// engine's default template, `data` unless configured otherwise (see
     /// [`EngineBuilder::default_template`](crate::EngineBuilder::default_template)), falling
-    /// back to `stdlib` while it is not built yet. `stdlib` is the plain interpreter with
-    /// nothing imported; any other name is a built-in or custom template, built first if
-    /// needed.
+    /// back to `stdlib` while it is not built yet or when `limits.memory_bytes` is below its
+    /// size. `stdlib` is the plain interpreter with nothing imported; any other name is a
+    /// built-in or custom template, built first if needed (and refused when the memory limit
+    /// is below its size).
     pub template: Option<String>,
 }
 
