@@ -360,20 +360,23 @@ async fn template_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'s
         median(times),
         "ms",
     ));
-    let (before, contexts) = (pss_mib(), 20);
-    let mut idle = Vec::new();
-    for _ in 0..contexts {
-        let ctx = engine.create_context(data()).await.unwrap();
-        ctx.execute("pd.DataFrame({'a':[1,2]}).sum().a")
-            .await
-            .unwrap();
-        idle.push(ctx);
+    for (what, code) in [
+        ("`1+1`", "1+1"),
+        ("a pandas result", "pd.DataFrame({'a':[1,2]}).sum().a"),
+    ] {
+        let (before, contexts) = (pss_mib(), 20);
+        let mut idle = Vec::new();
+        for _ in 0..contexts {
+            let ctx = engine.create_context(data()).await.unwrap();
+            ctx.execute(code).await.unwrap();
+            idle.push(ctx);
+        }
+        out.push((
+            format!("`data` template: idle context after {what} (PSS)"),
+            (pss_mib() - before) / contexts as f64,
+            "MiB",
+        ));
     }
-    out.push((
-        "`data` template: idle context after a pandas result (PSS)".into(),
-        (pss_mib() - before) / contexts as f64,
-        "MiB",
-    ));
     out
 }
 
@@ -468,7 +471,7 @@ fn render(
     }
     let _ = writeln!(
         s,
-        "\n## Reproduce\n\n```sh\ncargo bench --bench compare          # this report (about 3 minutes)\ncargo bench --bench python           # criterion: create, templates, execute_warm, imports, data, HTTP, throughput\ncargo bench --bench javascript       # criterion: JS/TS create, execute_warm, TypeScript transform\ncargo bench --bench python -- --quick\n```\n\n\
+        "\n## Reproduce\n\n```sh\ncargo bench --bench compare          # this report (about 5 minutes)\ncargo bench --bench python           # criterion: create, templates, execute_warm, imports, data, HTTP, throughput\ncargo bench --bench javascript       # criterion: JS/TS create, execute_warm, TypeScript transform\ncargo bench --bench python -- --quick\n```\n\n\
          Timings on a shared 2-core machine are noisy: compare medians and ratios, not single runs. \
          Deterministic regressions are caught by fuel instead (`tests/all/perf.rs`)."
     );

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::server::start;
 
@@ -45,15 +45,7 @@ fn venv() -> PathBuf {
 async fn the_e2b_python_sdk_works_unchanged() {
     let python = tokio::task::spawn_blocking(venv).await.unwrap();
     let server = start(|_| {}).await;
-    let sandbox: Value = server
-        .post("/sandboxes", "key-a")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sandbox = server.sandbox(json!({})).await;
     let url = format!("{}{}", server.base, sandbox["e2bPath"].as_str().unwrap());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b/client_test.py");
     let output = tokio::process::Command::new(python)

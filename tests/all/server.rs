@@ -33,6 +33,18 @@ impl TestServer {
             .bearer_auth(key)
     }
 
+    /// POSTs `body` as key-a and returns the JSON answer.
+    pub async fn post_json(&self, path: &str, body: Value) -> Value {
+        self.post(path, "key-a")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn get(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.base))
@@ -400,15 +412,12 @@ async fn contexts_and_processes() {
     let id = server
         .sandbox_id(json!({"envVars": {"MODE": "test"}}))
         .await;
-    let ctx: Value = server
-        .post(&format!("/sandboxes/{id}/contexts"), "key-a")
-        .json(&json!({"language": "Python", "cwd": "/home/user/w"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ctx = server
+        .post_json(
+            &format!("/sandboxes/{id}/contexts"),
+            json!({"language": "Python", "cwd": "/home/user/w"}),
+        )
+        .await;
     let cid = ctx["id"].as_str().unwrap();
     assert_eq!(ctx["cwd"], "/home/user/w");
     let run = |code: &'static str| {

@@ -207,7 +207,7 @@ fn language(args: &LimitArgs, script: Option<&std::path::Path>) -> Result<Langua
 async fn context(
     args: &LimitArgs,
     language: Language,
-    interactive: bool,
+    long_lived: bool,
 ) -> Result<Context, String> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         return Err("--timeout must be a positive number of seconds".into());
@@ -227,7 +227,7 @@ async fn context(
     }
     options.template = args.template.clone();
     // A one-shot run exits long before a background build would finish.
-    let engine = engine(args.fuel.is_some(), interactive).await?;
+    let engine = engine(args.fuel.is_some(), long_lived).await?;
     engine
         .create_context(options)
         .await

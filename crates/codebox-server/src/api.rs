@@ -171,13 +171,7 @@ struct CreateContext {
 
 /// Refuses a template name that does not exist, before a sandbox is made for it.
 fn check_template(app: &App, name: &str) -> ApiResult<()> {
-    if app
-        .registry
-        .engine
-        .templates()
-        .iter()
-        .any(|t| t.name == name)
-    {
+    if app.registry.engine.has_template(name) {
         return Ok(());
     }
     Err(ApiError::bad_request(

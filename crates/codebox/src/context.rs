@@ -261,30 +261,24 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub(crate) async fn create(engine: Engine, options: ContextOptions) -> Result<Context, Error> {
-        options.limits.validate()?;
-        let template = engine.template_for(&options).await?;
-        Context::create_from(engine, options, template).await
-    }
-
-    /// Creates a context whose Python instances start from `template`.
-    pub(crate) async fn create_from(
-        engine: Engine,
-        options: ContextOptions,
-        template: Option<Arc<Template>>,
-    ) -> Result<Context, Error> {
+        // Everything is checked before a template is looked up (or built).
         options.limits.validate()?;
         if options.limits.fuel.is_some() && !engine.fuel_metering() {
             return Err(Error::InvalidInput(
                 "limits.fuel needs an engine built with fuel_metering(true)".into(),
             ));
         }
-        for (key, value) in &options.env {
-            if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
-                return Err(Error::InvalidInput(format!(
-                    "invalid environment variable {key:?}"
-                )));
-            }
-        }
+        validate_env(&options.env)?;
+        let template = engine.template_for(&options).await?;
+        Context::create_from(engine, options, template).await
+    }
+
+    /// Creates a context whose Python instances start from `template`; `options` are valid.
+    pub(crate) async fn create_from(
+        engine: Engine,
+        options: ContextOptions,
+        template: Option<Arc<Template>>,
+    ) -> Result<Context, Error> {
         let slot = engine.acquire_slot()?;
         let tmp = tempfile::Builder::new()
             .prefix("codebox-tmp-")

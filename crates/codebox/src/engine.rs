@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::{
-    Collector, Config, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
+    Collector, Config, InstanceAllocationStrategy, InstancePre, PoolingAllocationConfig,
 };
 
 use crate::context::{Context, ContextOptions};
@@ -143,9 +143,7 @@ impl EngineBuilder {
             },
         )?;
 
-        let mut linker = Linker::<HostState>::new(&wasm_engine);
-        host::add_to_linker(&mut linker).map_err(Error::internal)?;
-        let python = linker.instantiate_pre(&module).map_err(Error::internal)?;
+        let python = host::instance_pre(&wasm_engine, &module).map_err(Error::internal)?;
         let writes = host::WriteForwarding::new(&wasm_engine).map_err(Error::internal)?;
 
         start_ticker(&wasm_engine);
@@ -331,9 +329,7 @@ fn load_javascript(inner: &EngineInner) -> Result<Arc<JsRuntime>, Error> {
             std::fs::read(&files.module_path).map_err(|e| Error::io(&files.module_path, e))
         },
     )?;
-    let mut linker = Linker::<HostState>::new(&inner.wasm);
-    host::add_to_linker(&mut linker).map_err(Error::internal)?;
-    let pre = linker.instantiate_pre(&module).map_err(Error::internal)?;
+    let pre = host::instance_pre(&inner.wasm, &module).map_err(Error::internal)?;
     Ok(Arc::new(JsRuntime {
         pre,
         prelude_bytecode: OnceLock::new(),

@@ -241,7 +241,17 @@ impl DiskQuota {
     }
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
+/// `module` linked against WASI and the host door, ready to instantiate.
+pub(crate) fn instance_pre(
+    engine: &wasmtime::Engine,
+    module: &wasmtime::Module,
+) -> Result<wasmtime::InstancePre<HostState>> {
+    let mut linker = Linker::new(engine);
+    add_to_linker(&mut linker)?;
+    linker.instantiate_pre(module)
+}
+
+fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     wasmtime_wasi::p1::add_to_linker_async(linker, |s| &mut s.wasi)?;
     linker.func_wrap_async(
         "host",

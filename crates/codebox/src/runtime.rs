@@ -182,12 +182,7 @@ impl RuntimeFiles {
             ));
         };
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-        if hex_sha256(&bytes) != *sha256 {
-            return Err(corrupt(
-                path,
-                "its sha256 does not match the pinned manifest".into(),
-            ));
-        }
+        check_digest(path, &hex_sha256(&bytes), sha256)?;
         Ok(bytes)
     }
 }
@@ -420,7 +415,11 @@ fn check_file(path: &Path, sha256: &str) -> Result<(), Error> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
-    if hex(&hasher.finalize()) != sha256 {
+    check_digest(path, &hex(&hasher.finalize()), sha256)
+}
+
+fn check_digest(path: &Path, actual: &str, pinned: &str) -> Result<(), Error> {
+    if actual != pinned {
         return Err(corrupt(
             path,
             "its sha256 does not match the pinned manifest".into(),

@@ -20,10 +20,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Instance, Linker, Module, Store, Val};
+use wasmtime::{Instance, Module, Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
-use super::{Template, TemplateRecipe, compiled_dir, compiled_stem, wasm};
+use super::{Template, TemplateRecipe, compiled_dir, compiled_stem, template_error, wasm};
 use crate::context::{
     Context, ContextOptions, PYTHON_ARGV, PYTHON_FIRST_FREE_FD, StoreSpec, TEMPLATE_BUILD_ENV,
     new_store,
@@ -53,10 +53,6 @@ pub(crate) fn build(
 ) -> Result<Arc<Template>, Error> {
     let inner = &engine.inner;
     let stem = compiled_stem(inner, name, recipe);
-    let fail = |message: String| Error::Template {
-        name: name.into(),
-        message,
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,39 +62,28 @@ pub(crate) fn build(
         progress.step(&format!(
             "building the {name} template (one time, about a minute)"
         ));
-        let (wasm, sealed) = runtime
-            .block_on(snapshot(engine, recipe))
-            .map_err(|e| name_error(e, name))?;
+        let (wasm, sealed) = runtime.block_on(snapshot(engine, recipe))?;
         let module = progress
             .long_task(&format!("compiling the {name} template"), || {
                 Module::new(&inner.wasm, &wasm)
             })
-            .map_err(|e| fail(format!("compiling the snapshot: {e:#}")))?;
+            .map_err(|e| template_error(format!("compiling the snapshot: {e:#}")))?;
         drop(wasm);
         let template = Arc::new(Template::new(&inner.wasm, name, &module)?);
         runtime
             .block_on(gate(engine, template, sealed))
-            .map_err(|reason| fail(format!("the build gate refused it: {reason}")))?;
+            .map_err(|reason| template_error(format!("the build gate refused it: {reason}")))?;
         Ok(module)
-    })?;
-    Ok(Arc::new(Template::new(&inner.wasm, name, &module)?))
-}
-
-fn name_error(error: Error, name: &str) -> Error {
-    match error {
+    })
+    .map_err(|error| match error {
+        // The steps above say what failed; the template's name is filled in once, here.
         Error::Template { message, .. } => Error::Template {
             name: name.into(),
             message,
         },
         other => other,
-    }
-}
-
-fn template_error(message: impl Into<String>) -> Error {
-    Error::Template {
-        name: String::new(),
-        message: message.into(),
-    }
+    })?;
+    Ok(Arc::new(Template::new(&inner.wasm, name, &module)?))
 }
 
 /// What the seal turn reported.
@@ -146,9 +131,7 @@ async fn snapshot(engine: &Engine, recipe: &TemplateRecipe) -> Result<(Vec<u8>, 
         },
     )?;
     drop(instrumented);
-    let mut linker = Linker::<HostState>::new(&inner.wasm);
-    crate::host::add_to_linker(&mut linker).map_err(Error::internal)?;
-    let pre = linker.instantiate_pre(&module).map_err(Error::internal)?;
+    let pre = crate::host::instance_pre(&inner.wasm, &module).map_err(Error::internal)?;
 
     let sandbox = BuildSandbox::new()?;
     let options = ContextOptions::new().limits(Limits {

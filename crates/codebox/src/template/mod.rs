@@ -18,13 +18,13 @@
 mod build;
 mod wasm;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmtime::{ExternType, InstancePre, Linker, Module};
+use wasmtime::{ExternType, InstancePre, Module};
 
 use crate::context::ContextOptions;
 use crate::engine::{Engine, EngineInner};
@@ -126,9 +126,7 @@ impl Template {
                 _ => None,
             })
             .ok_or_else(|| Error::Internal("the template exports no memory".into()))?;
-        let mut linker = Linker::<HostState>::new(engine);
-        host::add_to_linker(&mut linker).map_err(Error::internal)?;
-        let pre = linker.instantiate_pre(module).map_err(Error::internal)?;
+        let pre = host::instance_pre(engine, module).map_err(Error::internal)?;
         Ok(Template {
             name: name.to_string(),
             pre,
@@ -141,10 +139,25 @@ impl Template {
 #[derive(Default)]
 pub(crate) struct Templates {
     loaded: Mutex<HashMap<String, Arc<Template>>>,
-    /// Names being built in the background.
-    building: Mutex<HashSet<String>>,
-    /// Background builds that failed, with why: not retried by this engine.
-    failed: Mutex<HashMap<String, String>>,
+    /// Background builds running, or failed (then not retried by this engine).
+    background: Mutex<HashMap<String, Background>>,
+}
+
+enum Background {
+    Running,
+    Failed,
+}
+
+/// A template error whose name [`build::build`] fills in.
+fn template_error(message: impl Into<String>) -> Error {
+    Error::Template {
+        name: String::new(),
+        message: message.into(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `(name, recipe)` of a template that may be built: the built-in one or a stored recipe.
@@ -253,6 +266,12 @@ impl Engine {
             return Ok(());
         }
         self.template(name).await.map(|_| ())
+    }
+
+    /// Whether a template of this name exists (built or not): `stdlib`, `data` or a stored
+    /// custom one. Cheap: reads no compiled module.
+    pub fn has_template(&self, name: &str) -> bool {
+        name == STDLIB_TEMPLATE || recipe_of(&self.inner, name).is_ok()
     }
 
     /// Every template: `stdlib`, `data` and the custom ones, and whether each is built.
@@ -366,12 +385,8 @@ impl Engine {
         }
     }
 
-    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Template>>> {
-        self.inner
-            .templates
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn loaded(&self) -> MutexGuard<'_, HashMap<String, Arc<Template>>> {
+        lock(&self.inner.templates.loaded)
     }
 
     /// The template if it is loaded or built on disk.
@@ -402,94 +417,76 @@ impl Engine {
         Ok(template)
     }
 
-    /// Builds on a thread of its own: the build blocks (a file lock, a long compilation) and
-    /// drives the guest with its own small runtime.
+    /// Builds on a thread of its own (the build blocks on a file lock and a long
+    /// compilation, and drives the guest with its own small runtime), then calls `done`.
+    fn spawn_build(
+        &self,
+        name: &str,
+        recipe: TemplateRecipe,
+        done: impl FnOnce(Result<Arc<Template>, Error>) + Send + 'static,
+    ) -> Result<(), Error> {
+        let engine = self.clone();
+        let owned = name.to_string();
+        std::thread::Builder::new()
+            .name(format!("codebox-template-{name}"))
+            .spawn(move || done(build::build(&engine, &owned, &recipe)))
+            .map(|_| ())
+            .map_err(|e| Error::internal(format!("starting a template build: {e}")))
+    }
+
     async fn build_in_thread(
         &self,
         name: &str,
         recipe: TemplateRecipe,
     ) -> Result<Arc<Template>, Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let engine = self.clone();
-        let name = name.to_string();
-        std::thread::Builder::new()
-            .name(format!("codebox-template-{name}"))
-            .spawn(move || {
-                let _ = tx.send(build::build(&engine, &name, &recipe));
-            })
-            .map_err(|e| Error::internal(format!("starting a template build: {e}")))?;
+        self.spawn_build(name, recipe, move |built| {
+            let _ = tx.send(built);
+        })?;
         rx.await
             .map_err(|_| Error::Internal("the template build stopped unexpectedly".into()))?
     }
 
+    /// Starts building `name` unless a build of it is running or has failed before.
     fn build_in_background(&self, name: &str) {
-        let templates = &self.inner.templates;
-        if templates
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(name)
-        {
+        let Ok(recipe) = recipe_of(&self.inner, name) else {
             return;
-        }
-        if !templates
-            .building
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string())
+        };
         {
-            return;
+            let mut background = lock(&self.inner.templates.background);
+            if background.contains_key(name) {
+                return;
+            }
+            background.insert(name.to_string(), Background::Running);
         }
+        let progress = &self.inner.progress;
+        progress.step(&format!(
+            "building the {name} template in the background; new contexts start from stdlib \
+             until it is ready"
+        ));
         let engine = self.clone();
         let owned = name.to_string();
-        let spawned = std::thread::Builder::new()
-            .name(format!("codebox-template-{name}"))
-            .spawn(move || {
-                let name = owned;
-                let progress = &engine.inner.progress;
-                progress.step(&format!(
-                    "building the {name} template in the background; new contexts start \
-                     from stdlib until it is ready"
-                ));
-                let built = recipe_of(&engine.inner, &name)
-                    .and_then(|recipe| build::build(&engine, &name, &recipe));
-                let templates = &engine.inner.templates;
-                match built {
-                    Ok(template) => {
-                        engine.loaded().insert(name.clone(), template);
-                    }
-                    Err(e) => {
-                        progress.step(&format!("building the {name} template failed: {e}"));
-                        templates
-                            .failed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(name.clone(), e.to_string());
-                    }
+        let started = self.spawn_build(name, recipe, move |built| {
+            let state = match built {
+                Ok(template) => {
+                    engine.loaded().insert(owned.clone(), template);
+                    None
                 }
-                templates
-                    .building
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&name);
-            });
-        if spawned.is_err() {
-            templates
-                .building
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(name);
+                Err(e) => {
+                    let line = format!("building the {owned} template failed: {e}");
+                    engine.inner.progress.step(&line);
+                    Some(Background::Failed)
+                }
+            };
+            let mut background = lock(&engine.inner.templates.background);
+            match state {
+                None => background.remove(&owned),
+                Some(failed) => background.insert(owned, failed),
+            };
+        });
+        if started.is_err() {
+            lock(&self.inner.templates.background).remove(name);
         }
-    }
-
-    /// Whether a background build of `name` is running (for tests and status reports).
-    pub fn template_building(&self, name: &str) -> bool {
-        self.inner
-            .templates
-            .building
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(name)
     }
 }
 

@@ -31,12 +31,9 @@ pub(crate) struct ModuleFacts {
 }
 
 fn unexpected(what: impl std::fmt::Display) -> Error {
-    Error::Template {
-        name: String::new(),
-        message: format!(
-            "the Python runtime is not the build templates were verified with: {what}"
-        ),
-    }
+    super::template_error(format!(
+        "the Python runtime is not the build templates were verified with: {what}"
+    ))
 }
 
 /// Reads the facts from the plain module.
