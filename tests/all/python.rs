@@ -28,6 +28,40 @@ async fn last_expression_is_a_result_not_stdout() {
     assert_eq!(ok(&ctx, "_").await.text(), Some("'aaa'"));
 }
 
+/// One-line cells skip the AST: statements are compiled as such, expressions as
+/// expressions, and anything else still goes through the general path.
+#[tokio::test]
+async fn one_line_cells_show_a_value_only_for_an_expression() {
+    let ctx = context().await;
+    let shown = [
+        ("x = 5", None),
+        ("x == 5", Some("True")),
+        ("x >= 5", Some("True")),
+        ("x += 1", None),
+        ("x <<= 1", None),
+        ("x", Some("12")),
+        ("d = {'k': [1]}", None),
+        ("d['k'][0] = 7", None),
+        ("d", Some("{'k': [7]}")),
+        ("a, b = 1, 2", None),
+        ("a = 3; a + b", Some("5")),
+        ("import_ = 1", None),
+        ("import math", None),
+        ("math.floor(2.5)", Some("2")),
+        ("n: int = 4", None),
+        ("if n: n", None),
+        ("del n", None),
+        ("f = lambda v=1: v", None),
+        ("f()", Some("1")),
+    ];
+    for (code, text) in shown {
+        let run = ok(&ctx, code).await;
+        assert_eq!(run.text(), text, "{code}");
+    }
+    let run = ctx.execute("x = = 1").await.unwrap();
+    assert_eq!(run.error.unwrap().name, "SyntaxError");
+}
+
 #[tokio::test]
 async fn zero_division_error_has_name_value_and_traceback() {
     let ctx = context().await;

@@ -6,6 +6,10 @@ use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi_io::async_trait;
+use wasmtime_wasi_io::bytes::Bytes;
+use wasmtime_wasi_io::poll::Pollable;
+use wasmtime_wasi_io::streams::{OutputStream, StreamResult};
 
 use crate::Stream;
 
@@ -150,17 +154,19 @@ impl IsTerminal for GuestStream {
 }
 
 impl StdoutStream for GuestStream {
+    // Writes land in the capture synchronously. The default adapter would hand every write
+    // to a background task and wait for it: two thread switches per `print`.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
 }
 
-impl AsyncWrite for GuestStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+impl GuestStream {
+    fn write_now(&self, buf: &[u8]) {
         let (chunk, callback) = {
             let mut capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
             let chunk = capture.write(self.stream, buf);
@@ -171,7 +177,40 @@ impl AsyncWrite for GuestStream {
         {
             callback(self.stream, &chunk);
         }
+    }
+}
+
+/// Largest write the guest is offered at once; the capture takes any size.
+const WRITE_PERMIT: usize = 1 << 20;
+
+impl OutputStream for GuestStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         // Past the limit the bytes are dropped but reported as written: the guest goes on.
+        self.write_now(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[async_trait]
+impl Pollable for GuestStream {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for GuestStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_now(buf);
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -150,3 +150,14 @@ impl PythonInstance {
         self.turn.call_async(&mut self.store, (ptr, len)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel recognises the run turn by its exact text to skip the runtime's parse.
+    #[test]
+    fn the_kernel_knows_the_run_turn() {
+        assert!(KERNEL_SOURCE.contains(&format!("_RUN_TURN = \"{RUN_TURN}\"")));
+    }
+}
