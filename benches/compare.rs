@@ -31,15 +31,18 @@ fn main() {
     let native_version = command_line(&python, &["--version"]);
 
     eprintln!("codebox ...");
-    // Contexts start from `stdlib` unless a measure names the `data` template.
+    // Contexts start from the `stdlib` template unless a measure names another.
     let plain = Engine::builder()
         .max_contexts(64)
         .default_template(None)
+        .build_default_template(false)
         .build()
         .expect("engine");
+    rt.block_on(plain.prepare_template(codebox::STDLIB_TEMPLATE))
+        .expect("the stdlib template");
     let metered = Engine::builder()
         .max_contexts(8)
-        .default_template(None)
+        .templates(false)
         .fuel_metering(true)
         .build()
         .expect("engine");
@@ -142,6 +145,18 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// Median ms from creating a context to its first `1+1` result.
+async fn create_ms(engine: &Engine, n: usize) -> f64 {
+    let mut create = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let ctx = fresh(engine).await;
+        ctx.execute("1+1").await.unwrap();
+        create.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    median(create)
+}
+
 async fn fresh(engine: &Engine) -> Context {
     engine
         .create_context(ContextOptions::default())
@@ -166,18 +181,22 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
     let n = if quick { 10 } else { 40 };
     let mut out = Vec::new();
 
-    let mut create = Vec::new();
-    for _ in 0..n {
-        let start = Instant::now();
-        let ctx = fresh(engine).await;
-        ctx.execute("1+1").await.unwrap();
-        create.push(start.elapsed().as_secs_f64() * 1e3);
-    }
     out.push((
-        "new context → first `1+1` result".into(),
-        median(create),
+        "new context → first `1+1` result (`stdlib` template)".into(),
+        create_ms(engine, n).await,
         "ms",
     ));
+    let no_templates = Engine::builder()
+        .max_contexts(8)
+        .templates(false)
+        .build()
+        .expect("engine");
+    out.push((
+        "new context → first `1+1` result, templates off (plain runtime boot)".into(),
+        create_ms(&no_templates, n).await,
+        "ms",
+    ));
+    drop(no_templates);
 
     let ctx = fresh(engine).await;
     ctx.execute("x = 1").await.unwrap();

@@ -19,12 +19,19 @@ fn runtime() -> Runtime {
         .expect("tokio")
 }
 
+/// Contexts start from the `stdlib` template (built here if needed) unless a bench names
+/// another.
 fn engine() -> Engine {
-    Engine::builder()
+    let engine = Engine::builder()
         .max_contexts(64)
         .default_template(None)
+        .build_default_template(false)
         .build()
-        .expect("engine")
+        .expect("engine");
+    runtime()
+        .block_on(engine.prepare_template(codebox::STDLIB_TEMPLATE))
+        .expect("the stdlib template");
+    engine
 }
 
 fn context(rt: &Runtime, engine: &Engine, setup: &str) -> Context {
@@ -39,15 +46,25 @@ fn context(rt: &Runtime, engine: &Engine, setup: &str) -> Context {
 fn create(c: &mut Criterion) {
     let (rt, engine) = (runtime(), engine());
     let mut group = c.benchmark_group("create");
-    group.bench_function("python_context_to_first_result", |b| {
-        b.to_async(&rt).iter(|| async {
-            let ctx = engine
-                .create_context(ContextOptions::default())
-                .await
-                .unwrap();
-            assert_eq!(ctx.execute("1+1").await.unwrap().text(), Some("2"));
-        })
-    });
+    let no_templates = Engine::builder()
+        .max_contexts(8)
+        .templates(false)
+        .build()
+        .expect("engine");
+    for (name, engine) in [
+        ("python_context_to_first_result", &engine),
+        ("python_plain_runtime_to_first_result", &no_templates),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let ctx = engine
+                    .create_context(ContextOptions::default())
+                    .await
+                    .unwrap();
+                assert_eq!(ctx.execute("1+1").await.unwrap().text(), Some("2"));
+            })
+        });
+    }
     group.finish();
 }
 

@@ -73,6 +73,7 @@ async fn the_context_limit_is_enforced_and_slots_come_back() {
     let small = codebox::Engine::builder()
         .max_contexts(1)
         .default_template(None)
+        .build_default_template(false)
         .progress(codebox::Progress::silent())
         .build()
         .unwrap();

@@ -1,8 +1,9 @@
-//! Templates: the built-in `data` template, custom templates, the build gate and the cache.
+//! Templates: the built-in `stdlib` and `data` templates, custom templates, the build gate,
+//! the cache, and engines without templates.
 //!
-//! Building a template takes about a minute, so the `data` template is built once (by the
-//! first test that needs it, into the shared cache) and one test takes a custom template
-//! through its whole life.
+//! Building a template takes about a minute, so the built-in ones are built once (by the
+//! first test that needs them, into the shared cache) and one test takes a custom template
+//! through its whole life. Most other tests run on the `stdlib` template (see `common`).
 
 use std::sync::{Arc, Mutex};
 
@@ -245,10 +246,7 @@ async fn a_custom_template_round_trips_is_rebuilt_when_corrupt_and_can_be_remove
         .find(|t| t.name == "test-custom")
         .expect("listed");
     assert!(info.built && !info.builtin);
-    assert_eq!(
-        info.recipe.as_ref().map(|r| r.setup.as_str()),
-        Some(CUSTOM_SETUP)
-    );
+    assert_eq!(info.recipe.setup, CUSTOM_SETUP);
     assert!(listed.iter().any(|t| t.name == "stdlib" && t.built));
 
     let ctx = engine
@@ -312,7 +310,11 @@ async fn builtin_templates_are_protected() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
-    assert!(engine.remove_template("stdlib").is_err());
+    let err = engine
+        .build_template("stdlib", TemplateRecipe::new("x = 1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     assert!(matches!(
         engine.remove_template("never-built"),
         Err(Error::InvalidInput(_))
@@ -395,4 +397,63 @@ async fn the_http_api_selects_templates_per_sandbox_and_per_context() {
         .await
         .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_stdlib_context_is_a_clean_interpreter_with_the_kernel_warm() {
+    let engine = engine();
+    assert!(
+        engine
+            .templates()
+            .iter()
+            .any(|t| t.name == "stdlib" && t.builtin && t.built)
+    );
+    let ctx = engine.create_context(ContextOptions::new()).await.unwrap();
+    assert_eq!(ctx.template(), Some("stdlib"));
+    // Nothing of the build is left in `__main__`, and the count starts at 1.
+    let run = ok(&ctx, "sorted(n for n in dir() if not n.startswith('__'))").await;
+    assert_eq!(run.text(), Some("[]"));
+    assert_eq!(run.execution_count, 1);
+    // The warm-up loaded traceback, so the first error costs no import.
+    let run = ctx
+        .execute(
+            "import sys
+assert 'traceback' in sys.modules
+1 / 0",
+        )
+        .await
+        .unwrap();
+    let error = run.error.expect("an error");
+    assert_eq!(error.name, "ZeroDivisionError");
+    assert!(error.traceback.contains("<cell 2>"), "{}", error.traceback);
+}
+
+#[tokio::test]
+async fn an_engine_without_templates_boots_the_plain_runtime() {
+    let plain = Engine::builder()
+        .max_contexts(4)
+        .templates(false)
+        .progress(codebox::Progress::silent())
+        .build()
+        .unwrap();
+    let ctx = plain.create_context(ContextOptions::new()).await.unwrap();
+    assert_eq!(ctx.template(), Some("stdlib"));
+    ok(&ctx, "x = 41").await;
+    assert_eq!(ok(&ctx, "x + 1").await.text(), Some("42"));
+    let run = ctx
+        .execute(
+            "print('out')
+undefined_name",
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.stdout, "out\n");
+    assert_eq!(run.error.expect("an error").name, "NameError");
+    plain
+        .create_context(ContextOptions::new().template("stdlib"))
+        .await
+        .expect("stdlib is always available");
+    refused(&plain, ContextOptions::new().template("data")).await;
+    let err = plain.prepare_template("data").await.unwrap_err();
+    assert!(err.to_string().contains("turned off"), "{err}");
 }

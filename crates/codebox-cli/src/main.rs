@@ -102,12 +102,12 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum RuntimesCommand {
     /// Download (with pip), verify and install the runtimes, compile them once and build the
-    /// `data` template (about two minutes in all, once).
+    /// `stdlib` and `data` templates (about three minutes in all, once).
     Install {
         /// Use this local wheel instead of downloading it.
         #[arg(long)]
         wheel: Option<PathBuf>,
-        /// Do not build the `data` template now (contexts then build it in the background).
+        /// Do not build the templates now (contexts then build them in the background).
         #[arg(long)]
         no_template: bool,
     },
@@ -131,7 +131,7 @@ enum TemplateCommand {
     },
     /// List the templates and whether each is built.
     List,
-    /// Remove a custom template (or the built `data` template's cached module).
+    /// Remove a custom template (or a built-in template's cached module).
     Remove {
         /// The template's name.
         name: String,
@@ -463,11 +463,13 @@ async fn install(wheel: Option<PathBuf>, build_template: bool) -> CliResult {
         );
     }
     if build_template {
-        engine
-            .prepare_template(codebox::DATA_TEMPLATE)
-            .await
-            .map_err(|e| e.to_string())?;
-        println!("template {} ready", codebox::DATA_TEMPLATE);
+        for name in [codebox::STDLIB_TEMPLATE, codebox::DATA_TEMPLATE] {
+            engine
+                .prepare_template(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("template {name} ready");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,9 +46,10 @@ pub struct ContextOptions {
     /// engine's default template, `data` unless configured otherwise (see
     /// [`EngineBuilder::default_template`](crate::EngineBuilder::default_template)), falling
     /// back to `stdlib` while it is not built yet or when `limits.memory_bytes` is below its
-    /// size. `stdlib` is the plain interpreter with nothing imported; any other name is a
-    /// built-in or custom template, built first if needed (and refused when the memory limit
-    /// is below its size).
+    /// size. `stdlib` is the plain interpreter with nothing imported, never waited for (its
+    /// snapshot once built, else the runtime booted afresh); any other name is a built-in or
+    /// custom template, built first if needed (and refused when the memory limit is below its
+    /// size).
     pub template: Option<String>,
 }
 

@@ -1,6 +1,10 @@
 //! Templates: a Python interpreter's memory snapshotted after a setup script ran (for the
 //! built-in `data` template: numpy, pandas and matplotlib imported), so a new context starts
 //! with that work done, in milliseconds instead of seconds, sharing the snapshot's pages.
+//! The built-in `stdlib` template is the same idea with nothing imported: the plain
+//! interpreter with codebox's kernel loaded, which halves a context's start. While a
+//! template is not built, contexts fall back to `stdlib`, and `stdlib` itself to booting the
+//! plain runtime.
 //!
 //! A template is built once per runtime, engine configuration and recipe (see
 //! [`build`](self::build)), checked by a build gate, and cached as a compiled module next to
@@ -31,7 +35,8 @@ use crate::engine::{Engine, EngineInner};
 use crate::host::{self, HostState};
 use crate::{Error, Language, fsutil, module_cache, runtime};
 
-/// The plain interpreter, nothing imported: always available.
+/// The plain interpreter, nothing imported: always available (a snapshot once built, else
+/// booted from the runtime).
 pub const STDLIB_TEMPLATE: &str = "stdlib";
 /// The built-in template with numpy (`np`), pandas (`pd`), matplotlib and pyplot (`plt`)
 /// imported and warmed up.
@@ -58,6 +63,14 @@ axes.set_title('warm-up')
 axes.legend()
 figure.savefig(io.BytesIO(), format='png')
 plt.close('all')
+";
+
+/// Exercises what the first cells of any context use (an error's traceback, output, a
+/// result) so those code paths are loaded in the snapshot; leaves no names behind.
+const STDLIB_WARMUP: &str = "\
+import traceback
+traceback.format_exception(ZeroDivisionError('warm-up'))
+print('warm-up', {'a': [1, 2.5, None]})
 ";
 
 /// How a template is made: `setup` runs as a cell and everything it defines stays in the
@@ -92,6 +105,11 @@ impl TemplateRecipe {
     pub fn data() -> Self {
         TemplateRecipe::new(DATA_SETUP).warmup(DATA_WARMUP)
     }
+
+    /// The built-in `stdlib` recipe: nothing imported into `__main__`.
+    pub fn stdlib() -> Self {
+        TemplateRecipe::new("").warmup(STDLIB_WARMUP)
+    }
 }
 
 /// A template as [`Engine::templates`] lists it.
@@ -103,8 +121,8 @@ pub struct TemplateInfo {
     pub builtin: bool,
     /// Built and cached for this engine, so contexts start from it at once.
     pub built: bool,
-    /// How it is made; `None` for `stdlib`.
-    pub recipe: Option<TemplateRecipe>,
+    /// How it is made.
+    pub recipe: TemplateRecipe,
 }
 
 /// A built template, ready to instantiate.
@@ -162,8 +180,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// `(name, recipe)` of a template that may be built: the built-in one or a stored recipe.
 fn recipe_of(inner: &EngineInner, name: &str) -> Result<TemplateRecipe, Error> {
-    if name == DATA_TEMPLATE {
-        return Ok(TemplateRecipe::data());
+    match name {
+        DATA_TEMPLATE => return Ok(TemplateRecipe::data()),
+        STDLIB_TEMPLATE => return Ok(TemplateRecipe::stdlib()),
+        _ => {}
     }
     check_name(name)?;
     let path = recipe_path(&inner.cache_dir, name);
@@ -178,6 +198,13 @@ fn recipe_of(inner: &EngineInner, name: &str) -> Result<TemplateRecipe, Error> {
         ))),
         Err(e) => Err(Error::io(&path, e)),
     }
+}
+
+fn templates_off(name: &str) -> Error {
+    Error::InvalidInput(format!(
+        "templates are turned off in this engine, so template {name:?} is not available \
+         (see EngineBuilder::templates)"
+    ))
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -237,6 +264,7 @@ impl Engine {
         recipe: TemplateRecipe,
     ) -> Result<TemplateInfo, Error> {
         check_name(name)?;
+        self.check_templates_on(name)?;
         if name == DATA_TEMPLATE || name == STDLIB_TEMPLATE {
             return Err(Error::InvalidInput(format!(
                 "{name:?} is a built-in template; choose another name"
@@ -255,17 +283,24 @@ impl Engine {
             name: name.into(),
             builtin: false,
             built: true,
-            recipe: Some(recipe),
+            recipe,
         })
     }
 
     /// Makes sure the template `name` (built-in or stored) is built, building it if it is not
-    /// (about a minute). `codebox runtimes install` calls this for `data`.
+    /// (about a minute). `codebox runtimes install` calls this for `stdlib` and `data`.
     pub async fn prepare_template(&self, name: &str) -> Result<(), Error> {
-        if name == STDLIB_TEMPLATE {
-            return Ok(());
-        }
+        self.check_templates_on(name)?;
         self.template(name).await.map(|_| ())
+    }
+
+    /// Refuses template work in an engine with templates turned off.
+    fn check_templates_on(&self, name: &str) -> Result<(), Error> {
+        if self.inner.templates_enabled {
+            Ok(())
+        } else {
+            Err(templates_off(name))
+        }
     }
 
     /// Whether a template of this name exists (built or not): `stdlib`, `data` or a stored
@@ -282,21 +317,18 @@ impl Engine {
                 .join(format!("{}.cwasm", compiled_stem(inner, name, recipe)))
                 .is_file()
         };
-        let data = TemplateRecipe::data();
-        let mut list = vec![
-            TemplateInfo {
-                name: STDLIB_TEMPLATE.into(),
-                builtin: true,
-                built: true,
-                recipe: None,
-            },
-            TemplateInfo {
-                name: DATA_TEMPLATE.into(),
-                builtin: true,
-                built: built(DATA_TEMPLATE, &data),
-                recipe: Some(data),
-            },
-        ];
+        let mut list: Vec<TemplateInfo> = [
+            (STDLIB_TEMPLATE, TemplateRecipe::stdlib()),
+            (DATA_TEMPLATE, TemplateRecipe::data()),
+        ]
+        .into_iter()
+        .map(|(name, recipe)| TemplateInfo {
+            name: name.into(),
+            builtin: true,
+            built: built(name, &recipe),
+            recipe,
+        })
+        .collect();
         let mut custom = Vec::new();
         if let Ok(entries) = std::fs::read_dir(inner.cache_dir.join("templates")) {
             for entry in entries.flatten() {
@@ -313,7 +345,7 @@ impl Engine {
                         name: name.into(),
                         builtin: false,
                         built: built(name, &recipe),
-                        recipe: Some(recipe),
+                        recipe,
                     });
                 }
             }
@@ -323,16 +355,11 @@ impl Engine {
         list
     }
 
-    /// Removes a custom template (its recipe and compiled module), or the built `data`
-    /// template's compiled module (it is rebuilt when next needed). Live contexts started
-    /// from it keep running.
+    /// Removes a custom template (its recipe and compiled module), or a built-in template's
+    /// compiled module (it is rebuilt when next needed). Live contexts started from it keep
+    /// running.
     pub fn remove_template(&self, name: &str) -> Result<(), Error> {
-        if name == STDLIB_TEMPLATE {
-            return Err(Error::InvalidInput(
-                "the stdlib template cannot be removed".into(),
-            ));
-        }
-        if name != DATA_TEMPLATE {
+        if name != DATA_TEMPLATE && name != STDLIB_TEMPLATE {
             recipe_of(&self.inner, name)?;
             let path = recipe_path(&self.inner.cache_dir, name);
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
@@ -357,8 +384,16 @@ impl Engine {
             };
         }
         let memory_limit = options.limits.memory_bytes;
+        let fits = |t: &Arc<Template>| t.memory_bytes <= memory_limit;
+        if !self.inner.templates_enabled {
+            return match options.template.as_deref() {
+                None | Some(STDLIB_TEMPLATE) => Ok(None),
+                Some(name) => Err(templates_off(name)),
+            };
+        }
         match options.template.as_deref() {
-            Some(STDLIB_TEMPLATE) => Ok(None),
+            // Never waited for: until it is built, the plain runtime serves.
+            Some(STDLIB_TEMPLATE) => Ok(self.built_or_queued(STDLIB_TEMPLATE)?.filter(fits)),
             Some(name) => {
                 let template = self.template(name).await?;
                 if template.memory_bytes > memory_limit {
@@ -372,17 +407,26 @@ impl Engine {
                 Ok(Some(template))
             }
             None => {
-                let Some(name) = self.inner.default_template.clone() else {
-                    return Ok(None);
-                };
                 // Never wait for a build here: start from stdlib and build in the background.
-                let template = self.template_if_built(&name)?;
-                if template.is_none() && self.inner.build_default_template {
-                    self.build_in_background(&name);
+                let name = self.inner.default_template.as_deref();
+                if let Some(name) = name.filter(|n| *n != STDLIB_TEMPLATE)
+                    && let Some(template) = self.built_or_queued(name)?.filter(fits)
+                {
+                    return Ok(Some(template));
                 }
-                Ok(template.filter(|t| t.memory_bytes <= memory_limit))
+                Ok(self.built_or_queued(STDLIB_TEMPLATE)?.filter(fits))
             }
         }
+    }
+
+    /// The template if it is built; else `None`, and a background build is queued when the
+    /// engine allows it.
+    fn built_or_queued(&self, name: &str) -> Result<Option<Arc<Template>>, Error> {
+        let template = self.template_if_built(name)?;
+        if template.is_none() && self.inner.build_default_template {
+            self.build_in_background(name);
+        }
+        Ok(template)
     }
 
     fn loaded(&self) -> MutexGuard<'_, HashMap<String, Arc<Template>>> {
@@ -459,10 +503,14 @@ impl Engine {
             }
             background.insert(name.to_string(), Background::Running);
         }
-        let progress = &self.inner.progress;
-        progress.step(&format!(
-            "building the {name} template in the background; new contexts start from stdlib \
-             until it is ready"
+        let fallback = if name == STDLIB_TEMPLATE {
+            "the plain runtime"
+        } else {
+            STDLIB_TEMPLATE
+        };
+        self.inner.progress.step(&format!(
+            "building the {name} template in the background; new contexts start from \
+             {fallback} until it is ready"
         ));
         let engine = self.clone();
         let owned = name.to_string();
