@@ -208,6 +208,41 @@ fn http(c: &mut Criterion) {
             })
         });
     }
+    // A new sandbox (its default Python context from `stdlib`) to its first result, and
+    // deleted again so the pool does not fill up.
+    group.bench_function("create_sandbox_to_first_result", |b| {
+        b.to_async(&rt).iter(|| async {
+            let sandbox: serde_json::Value = client
+                .post(format!("{base}/sandboxes"))
+                .bearer_auth("k")
+                .json(&serde_json::json!({"template": "stdlib"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = sandbox["sandboxID"].as_str().unwrap();
+            let run: serde_json::Value = client
+                .post(format!("{base}/sandboxes/{id}/execute"))
+                .bearer_auth("k")
+                .header("Accept", "application/json")
+                .json(&serde_json::json!({"code": "1 + 1"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(run["results"][0]["data"]["text/plain"], "2", "{run}");
+            client
+                .delete(format!("{base}/sandboxes/{id}"))
+                .bearer_auth("k")
+                .send()
+                .await
+                .unwrap();
+        })
+    });
     group.finish();
 }
 

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use wasmtime::{Instance, Module, Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
-use super::{Template, TemplateRecipe, compiled_dir, compiled_stem, template_error, wasm};
+use super::{
+    Template, TemplateRecipe, compiled_dir, compiled_stem, remove_compiled, template_error, wasm,
+};
 use crate::context::{
     Context, ContextOptions, PYTHON_ARGV, PYTHON_FIRST_FREE_FD, StoreSpec, TEMPLATE_BUILD_ENV,
     new_store,
@@ -86,6 +88,8 @@ pub(crate) fn build(
         },
         other => other,
     })?;
+    // Builds for an earlier runtime, kernel or recipe are never loaded again (~300 MB each).
+    remove_compiled(inner, name, Some(&stem));
     Ok(Arc::new(Template::new(&inner.wasm, name, &module)?))
 }
 

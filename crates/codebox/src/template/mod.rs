@@ -276,8 +276,6 @@ impl Engine {
         fsutil::create_private_dir(dir).map_err(|e| Error::io(dir, e))?;
         let json = serde_json::to_vec_pretty(&recipe).map_err(Error::internal)?;
         fsutil::write_atomically(&path, &json)?;
-        let stem = compiled_stem(&self.inner, name, &recipe);
-        remove_compiled(&self.inner, name, Some(&stem));
         self.loaded().insert(name.to_string(), template);
         Ok(TemplateInfo {
             name: name.into(),
