@@ -303,3 +303,44 @@ async fn a_hundred_javascript_contexts_run_concurrently() {
         );
     }
 }
+
+/// Contexts start from a snapshot of the initialised runtime; what must differ per context
+/// is set up afresh: environment, working directory, random seed, performance.now's origin.
+/// The same holds for an engine without snapshots.
+#[tokio::test]
+async fn each_context_gets_its_own_environment_directory_seed_and_clock() {
+    let plain = codebox::Engine::builder()
+        .max_contexts(4)
+        .templates(false)
+        .progress(codebox::Progress::silent())
+        .build()
+        .unwrap();
+    for engine in [engine(), plain] {
+        let mut draws = Vec::new();
+        for i in 0..2 {
+            let options = ContextOptions::new()
+                .language(Language::JavaScript)
+                .env("GREETING", format!("hello {i}"))
+                .cwd("work");
+            let ctx = engine.create_context(options).await.unwrap();
+            let run = ok(
+                &ctx,
+                "[process.env.GREETING, process.cwd(), performance.now() < 1000, \
+                 performance.now() <= performance.now()]",
+            )
+            .await;
+            let expected = format!("[ 'hello {i}', '/home/user/work', true, true ]");
+            assert_eq!(run.text(), Some(expected.as_str()));
+            let run = ok(&ctx, "Array.from({length: 4}, () => Math.random())").await;
+            let draw = run.text().unwrap().to_string();
+            let values: Vec<f64> = draw
+                .trim_matches(|c| c == '[' || c == ']' || c == ' ')
+                .split(',')
+                .map(|v| v.trim().parse().unwrap())
+                .collect();
+            assert!(values.iter().all(|v| (0.0..1.0).contains(v)), "{draw}");
+            draws.push(draw);
+        }
+        assert_ne!(draws[0], draws[1], "two contexts drew the same numbers");
+    }
+}

@@ -234,7 +234,7 @@ globalThis.require = (name) => {
   if (name in modules) return modules[name];
   throw new Error(`Cannot find module '${name}' (available: fs, fs/promises)`);
 };
-globalThis.process = { env: std.getenviron(), argv: ["codebox"], platform: "wasi", cwd: () => os.getcwd()[0] };
+globalThis.process = { env: {}, argv: ["codebox"], platform: "wasi", cwd: () => os.getcwd()[0] };
 
 // --- results ------------------------------------------------------------------------------
 
@@ -312,6 +312,53 @@ globalThis.__codebox = {
   fulfilled: (outcome) => report(outcome, false),
   threw: (error) => report(error, true),
   inspect,
+  setup,
 };
 
-os.chdir(std.getenv("PWD") || std.getenv("HOME") || "/home/user");
+// --- per context --------------------------------------------------------------------------
+//
+// Everything above is the same in every context, so the host may snapshot the runtime right
+// after this prelude ran and start contexts from that image. What must differ per context is
+// done here, once, by the host before the first cell: environment (given by the host, since
+// the C library read its copy before the snapshot), working directory, a random seed
+// (QuickJS seeds Math.random from the clock when the runtime starts, which a snapshot would
+// freeze) and the origin of performance.now().
+
+function rotl(x, k) {
+  return (x << k) | (x >>> (32 - k));
+}
+
+// xoshiro128**, seeded with four 32-bit words from the host's entropy.
+function seededRandom(seed) {
+  let [a, b, c, d] = seed.map((x) => x >>> 0);
+  if ((a | b | c | d) === 0) a = 1;
+  const next = () => {
+    const out = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
+    const t = b << 9;
+    c ^= a;
+    d ^= b;
+    b ^= c;
+    a ^= d;
+    c ^= t;
+    d = rotl(d, 11);
+    return out;
+  };
+  return function random() {
+    return ((next() >>> 5) * 67108864 + (next() >>> 6)) / 9007199254740992;
+  };
+}
+
+function setup(seed, env) {
+  process.env = env;
+  os.chdir(env.PWD || env.HOME || "/home/user");
+  Object.defineProperty(Math, "random", { value: seededRandom(seed), writable: true, configurable: true });
+  // QuickJS's performance.now is read-only; the object itself can be replaced.
+  const clock = performance.now.bind(performance);
+  const origin = clock();
+  globalThis.performance = {
+    now: function now() {
+      return clock() - origin;
+    },
+    timeOrigin: Date.now(),
+  };
+}

@@ -17,11 +17,14 @@ use crate::js::JsInstance;
 use crate::output::{Capture, GuestStream, OutputCallback, SharedCapture};
 use crate::python::PythonInstance;
 use crate::template::Template;
+use crate::workdir::WorkDir;
 use crate::{Error, Limits, Stream};
 
 /// matplotlib's config and cache directory inside the guest; a prebuilt font cache is copied
 /// there so the first plot does not rebuild it.
 pub(crate) const MPL_CONFIG_DIR: &str = "/tmp/.matplotlib";
+/// [`MPL_CONFIG_DIR`]'s name inside `/tmp`: kept when a `/tmp` directory is recycled.
+pub(crate) const MPL_CONFIG_NAME: &str = ".matplotlib";
 
 /// Largest source accepted by [`Context::execute`].
 pub const MAX_CODE_BYTES: usize = 16 << 20;
@@ -211,10 +214,10 @@ struct State {
     engine: Engine,
     options: ContextOptions,
     home: HomeDir,
-    /// Private `/tmp`; removed on drop.
-    tmp: tempfile::TempDir,
-    /// The home directory, when the context made its own; removed on drop.
-    _own_home: Option<tempfile::TempDir>,
+    /// Private `/tmp`; emptied for reuse on drop.
+    tmp: WorkDir,
+    /// The home directory, when the context made its own; emptied for reuse on drop.
+    _own_home: Option<WorkDir>,
     capture: SharedCapture,
     /// The working directory as a guest path, when not `/home/user`.
     cwd: Option<String>,
@@ -281,16 +284,17 @@ impl Context {
         template: Option<Arc<Template>>,
     ) -> Result<Context, Error> {
         let slot = engine.acquire_slot()?;
-        let tmp = tempfile::Builder::new()
-            .prefix("codebox-tmp-")
-            .tempdir()
+        let inner = &engine.inner;
+        let tmp = inner
+            .tmp_dirs
+            .take()
             .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
         let (home, own_home) = match &options.home {
             Some(home) => (home.clone(), None),
             None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("codebox-home-")
-                    .tempdir()
+                let dir = inner
+                    .home_dirs
+                    .take()
                     .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
                 (
                     HomeDir::new(dir.path(), options.limits.disk_bytes)?,
@@ -390,6 +394,13 @@ impl Context {
     }
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        // The instance goes before its directories are emptied for another context.
+        self.live = None;
+    }
+}
+
 impl State {
     /// A new store with this context's WASI view, limits and host state.
     fn new_store(&self) -> Result<Store<HostState>, Error> {
@@ -416,8 +427,9 @@ impl State {
             }
             Language::JavaScript | Language::TypeScript => {
                 let runtime = self.engine.javascript().await?;
+                let env = guest_env(&self.options, self.cwd.as_deref(), false);
                 let memory_limit = self.options.limits.memory_bytes;
-                JsInstance::start(&inner, &runtime, store, &self.capture, memory_limit)
+                JsInstance::start(&inner, &runtime, store, &self.capture, memory_limit, &env)
                     .await
                     .map(|js| Live::Js(Box::new(js)))
             }
@@ -609,28 +621,21 @@ pub(crate) fn new_store(spec: &StoreSpec) -> Result<Store<HostState>, Error> {
     let language = spec.options.language;
 
     let mut wasi = WasiCtxBuilder::new();
-    wasi.env("HOME", GUEST_HOME)
-        .env("TMPDIR", "/tmp")
-        .stdout(GuestStream::new(spec.capture.clone(), Stream::Stdout))
+    wasi.stdout(GuestStream::new(spec.capture.clone(), Stream::Stdout))
         .stderr(GuestStream::new(spec.capture.clone(), Stream::Stderr))
         .allow_blocking_current_thread(true);
     if language == Language::Python {
-        wasi.args(PYTHON_ARGV)
-            .env("PYTHONTZPATH", "")
-            .env("MPLBACKEND", MPL_BACKEND)
-            .env("MPLCONFIGDIR", MPL_CONFIG_DIR)
-            .monotonic_clock(AnchoredMonotonicClock::new());
+        wasi.args(PYTHON_ARGV);
         if spec.template_build {
-            wasi.arg(TEMPLATE_BUILD_ENV).env(TEMPLATE_BUILD_ENV, "1");
+            wasi.arg(TEMPLATE_BUILD_ENV);
         }
     } else {
         wasi.args(&["qjs"]);
     }
-    for (key, value) in &spec.options.env {
+    // Both runtimes may start from a snapshot: the clock must read later than at the build.
+    wasi.monotonic_clock(AnchoredMonotonicClock::new());
+    for (key, value) in guest_env(spec.options, spec.cwd, spec.template_build) {
         wasi.env(key, value);
-    }
-    if let Some(cwd) = &spec.cwd {
-        wasi.env("PWD", cwd);
     }
     let preopen = |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, write: bool| {
         let perms = if write {
@@ -721,12 +726,45 @@ impl wasmtime_wasi::HostMonotonicClock for AnchoredMonotonicClock {
     }
 }
 
+/// The guest's environment variables: codebox's own, then the caller's, then `PWD` for a
+/// working directory other than `/home/user`.
+pub(crate) fn guest_env(
+    options: &ContextOptions,
+    cwd: Option<&str>,
+    template_build: bool,
+) -> Vec<(String, String)> {
+    let mut env = vec![("HOME", GUEST_HOME), ("TMPDIR", "/tmp")];
+    if options.language == Language::Python {
+        env.extend([
+            ("PYTHONTZPATH", ""),
+            ("MPLBACKEND", MPL_BACKEND),
+            ("MPLCONFIGDIR", MPL_CONFIG_DIR),
+        ]);
+        if template_build {
+            env.push((TEMPLATE_BUILD_ENV, "1"));
+        }
+    }
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.extend(options.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(cwd) = cwd {
+        env.push(("PWD".into(), cwd.to_string()));
+    }
+    env
+}
+
 /// Puts the prebuilt matplotlib font cache into a context's private `/tmp`. A copy, not a
-/// link: the guest may write there.
+/// link: the guest may write there. A recycled `/tmp` keeps its copy only if it is exactly
+/// the prebuilt one.
 fn copy_font_cache(from: &std::path::Path, tmp: &std::path::Path) -> Result<(), Error> {
-    let target = tmp.join(MPL_CONFIG_DIR.trim_start_matches("/tmp/"));
+    let target = tmp.join(MPL_CONFIG_NAME);
     if target.exists() {
-        return Ok(());
+        if same_files(from, &target) {
+            return Ok(());
+        }
+        std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
     }
     std::fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
     for entry in std::fs::read_dir(from)
@@ -737,6 +775,29 @@ fn copy_font_cache(from: &std::path::Path, tmp: &std::path::Path) -> Result<(), 
         std::fs::copy(entry.path(), &dest).map_err(|e| Error::io(&dest, e))?;
     }
     Ok(())
+}
+
+/// Whether directory `copy` holds exactly the regular files of `original`, byte for byte.
+fn same_files(original: &std::path::Path, copy: &std::path::Path) -> bool {
+    let names = |dir: &std::path::Path| -> Option<Vec<std::ffi::OsString>> {
+        let mut names = std::fs::read_dir(dir)
+            .ok()?
+            .map(|e| e.ok().map(|e| e.file_name()))
+            .collect::<Option<Vec<_>>>()?;
+        names.sort();
+        Some(names)
+    };
+    let Some(wanted) = names(original) else {
+        return false;
+    };
+    if names(copy).as_ref() != Some(&wanted) {
+        return false;
+    }
+    wanted.iter().all(|name| {
+        let path = copy.join(name);
+        let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+        regular && std::fs::read(&path).ok() == std::fs::read(original.join(name)).ok()
+    })
 }
 
 fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {

@@ -15,6 +15,9 @@ use crate::js::JsRuntime;
 use crate::progress::Progress;
 use crate::runtime::{self, Manifest, RuntimeFiles};
 use crate::template::Templates;
+use crate::workdir::DirPool;
+use sha2::Digest as _;
+
 use crate::{Error, font_cache, fsutil, module_cache};
 
 /// How often the epoch ticks: the granularity of timeouts and of time slicing between
@@ -180,6 +183,8 @@ impl EngineBuilder {
                 default_template: self.default_template,
                 build_default_template: self.build_default_template,
                 templates_enabled: self.templates,
+                home_dirs: DirPool::new("codebox-home-", None),
+                tmp_dirs: DirPool::new("codebox-tmp-", Some(crate::context::MPL_CONFIG_NAME)),
             }),
         };
         let fonts = font_cache::prepare(&engine, &cache_dir, &self.progress);
@@ -256,6 +261,9 @@ pub(crate) struct EngineInner {
     pub build_default_template: bool,
     /// Off: no template is used or built; Python contexts boot the plain runtime.
     pub templates_enabled: bool,
+    /// Recycled host directories for contexts' `/home/user` and `/tmp`.
+    pub home_dirs: Arc<DirPool>,
+    pub tmp_dirs: Arc<DirPool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -296,11 +304,11 @@ impl Engine {
 
     /// The JavaScript runtime, installed (with pip) and compiled on first use.
     pub(crate) async fn javascript(&self) -> Result<Arc<JsRuntime>, Error> {
-        let inner = self.inner.clone();
+        let engine = self.clone();
         self.inner
             .javascript
             .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || load_javascript(&inner))
+                tokio::task::spawn_blocking(move || load_javascript(&engine))
                     .await
                     .map_err(|e| Error::internal(format!("loading JavaScript: {e}")))?
             })
@@ -330,7 +338,8 @@ impl Drop for ContextSlot {
     }
 }
 
-fn load_javascript(inner: &EngineInner) -> Result<Arc<JsRuntime>, Error> {
+fn load_javascript(engine: &Engine) -> Result<Arc<JsRuntime>, Error> {
+    let inner = &engine.inner;
     let manifest = Manifest::javascript();
     let runtimes = runtime::runtimes_dir(&inner.cache_dir);
     let files = if inner.install {
@@ -351,10 +360,47 @@ fn load_javascript(inner: &EngineInner) -> Result<Arc<JsRuntime>, Error> {
         },
     )?;
     let pre = host::instance_pre(&inner.wasm, &module).map_err(Error::internal)?;
-    Ok(Arc::new(JsRuntime {
+    let mut runtime = JsRuntime {
         pre,
+        snapshot: None,
         prelude_bytecode: OnceLock::new(),
-    }))
+    };
+    if inner.templates_enabled {
+        // Without the snapshot contexts start the slow way; say why, once, and go on.
+        match javascript_snapshot(engine, &runtime, &files) {
+            Ok(pre) => runtime.snapshot = Some(pre),
+            Err(e) => inner.progress.step(&format!(
+                "JavaScript contexts start without a snapshot: {e}"
+            )),
+        }
+    }
+    Ok(Arc::new(runtime))
+}
+
+fn javascript_snapshot(
+    engine: &Engine,
+    runtime: &JsRuntime,
+    files: &RuntimeFiles,
+) -> Result<InstancePre<HostState>, Error> {
+    let inner = &engine.inner;
+    let inputs = format!(
+        "{} snapshot {} {}",
+        files.module_sha256,
+        crate::template::WIZER_VERSION,
+        runtime::hex(&sha2::Sha256::digest(crate::js::PRELUDE.as_bytes()))
+    );
+    let key = module_cache::cache_key(&inner.wasm, &inputs);
+    let module = module_cache::load_or_create(
+        &inner.wasm,
+        &inner.cache_dir.join("compiled"),
+        &format!("javascript-snapshot-{key}"),
+        || {
+            let wasm =
+                std::fs::read(&files.module_path).map_err(|e| Error::io(&files.module_path, e))?;
+            crate::js::snapshot_module(engine, runtime, &wasm)
+        },
+    )?;
+    host::instance_pre(&inner.wasm, &module).map_err(Error::internal)
 }
 
 /// Advances the epoch every tick while the engine is alive. Holds only a weak reference, so

@@ -9,16 +9,21 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
-use wasmtime::{InstancePre, Memory, Store, TypedFunc};
+use wasmtime::{Instance, InstancePre, Memory, Store, TypedFunc};
 
-use crate::Error;
-use crate::engine::EngineInner;
+use wasmtime::Module;
+use wasmtime_wizer::Wizer;
+
+use crate::context::{ContextOptions, Language, StoreSpec, new_store};
+use crate::engine::{Engine, EngineInner};
 use crate::execution::DisplayData;
 use crate::host::{GuestError, HostState};
 use crate::output::SharedCapture;
+use crate::template::{BuildSandbox, SnapshotSource};
 use crate::transform;
+use crate::{Error, host};
 
-const PRELUDE: &str = include_str!("../../../wasm-runtimes/javascript/prelude.js");
+pub(crate) const PRELUDE: &str = include_str!("../../../wasm-runtimes/javascript/prelude.js");
 
 const EVAL_TYPE_GLOBAL: i32 = 0;
 const EVAL_TYPE_MODULE: i32 = 1;
@@ -34,6 +39,9 @@ const EXCEPTION: i64 = TAG_EXCEPTION << 32;
 /// The compiled JavaScript runtime, loaded on first use.
 pub(crate) struct JsRuntime {
     pub pre: InstancePre<HostState>,
+    /// The runtime snapshotted right after [`JsInstance::initialize`], which contexts are
+    /// restored from; `None` when templates are off or the snapshot could not be made.
+    pub snapshot: Option<InstancePre<HostState>>,
     /// The prelude as QuickJS bytecode, written by the first context that compiles it, so
     /// later contexts skip parsing it (most of a context's start).
     pub prelude_bytecode: OnceLock<Vec<u8>>,
@@ -41,6 +49,15 @@ pub(crate) struct JsRuntime {
 
 /// The C API functions codebox calls.
 struct Api {
+    /// Absent from the snapshot, which wizer removes it from.
+    initialize: Option<TypedFunc<(), ()>>,
+    init: TypedFunc<(), i32>,
+    get_context: TypedFunc<(), i32>,
+    get_runtime: TypedFunc<i32, i32>,
+    set_memory_limit: TypedFunc<(i32, i32), ()>,
+    global_object: TypedFunc<i32, i64>,
+    init_std: TypedFunc<(i32, i32), i32>,
+    init_os: TypedFunc<(i32, i32), i32>,
     eval: TypedFunc<(i32, i32, i32, i32, i32), i64>,
     get_exception: TypedFunc<i32, i64>,
     to_cstring: TypedFunc<(i32, i32, i64, i32), i32>,
@@ -61,12 +78,78 @@ struct Api {
 /// A live QuickJS context.
 pub(crate) struct JsInstance {
     pub store: Store<HostState>,
+    instance: Instance,
     memory: Memory,
     api: Api,
     ctx: i32,
     /// The prelude's report functions (owned JS values).
     fulfilled: i64,
     threw: i64,
+}
+
+/// Builds the JavaScript snapshot: QuickJS, its `std`/`os` modules and the prelude
+/// initialised in an instrumented instance, its memory and globals written out with wizer,
+/// and compiled (about 2 s in all, once; cached like a runtime). Contexts restored from it
+/// skip most of their start. Blocking.
+pub(crate) fn snapshot_module(
+    engine: &Engine,
+    runtime: &JsRuntime,
+    wasm: &[u8],
+) -> Result<Module, Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("starting the snapshot's runtime: {e}")))?;
+    let image = rt.block_on(snapshot(engine, runtime, wasm))?;
+    Module::new(&engine.inner.wasm, &image)
+        .map_err(|e| Error::internal(format!("compiling the JavaScript snapshot: {e:#}")))
+}
+
+async fn snapshot(engine: &Engine, runtime: &JsRuntime, wasm: &[u8]) -> Result<Vec<u8>, Error> {
+    let inner = &engine.inner;
+    let failed = |what: &str, e: wasmtime::Error| {
+        Error::internal(format!("the JavaScript snapshot: {what}: {e:#}"))
+    };
+    let mut wizer = Wizer::new();
+    wizer.init_func("_initialize");
+    let (cx, instrumented) = wizer
+        .instrument(wasm)
+        .map_err(|e| failed("instrumenting", e))?;
+    let module = Module::new(&inner.wasm, &instrumented).map_err(|e| failed("compiling", e))?;
+    let pre = host::instance_pre(&inner.wasm, &module).map_err(|e| failed("linking", e))?;
+    // The same mounts, in the same order, as every JavaScript context.
+    let sandbox = BuildSandbox::new()?;
+    let options = ContextOptions::new().language(Language::JavaScript);
+    let store = new_store(&StoreSpec {
+        engine,
+        options: &options,
+        tmp: sandbox.tmp.path(),
+        home: &sandbox.home,
+        cwd: None,
+        capture: &sandbox.capture,
+        template_build: false,
+    })?;
+    let mut js = JsInstance::instantiate(inner, &pre, store).await?;
+    js.initialize(runtime, &sandbox.capture).await?;
+    let mut state = SnapshotSource {
+        store: &mut js.store,
+        instance: js.instance,
+    };
+    wizer
+        .snapshot(&cx, &mut state)
+        .await
+        .map_err(|e| failed("writing", e))
+}
+
+fn start_error(what: &str, e: wasmtime::Error) -> Error {
+    Error::Internal(format!("starting JavaScript: {what}: {e:#}"))
+}
+
+fn start_capture(capture: &SharedCapture) {
+    capture
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .start(64 << 10, None);
 }
 
 fn is_exception(value: i64) -> bool {
@@ -93,15 +176,37 @@ struct ReportError {
 }
 
 impl JsInstance {
+    /// Starts a context: restored from the runtime's snapshot when there is one, else with
+    /// QuickJS, its `std`/`os` modules and the prelude initialised afresh; then the
+    /// per-context setup (memory limit, environment, working directory, random seed).
     pub async fn start(
         inner: &Arc<EngineInner>,
         runtime: &JsRuntime,
-        mut store: Store<HostState>,
+        store: Store<HostState>,
         capture: &SharedCapture,
         memory_limit: u64,
+        env: &[(String, String)],
     ) -> Result<JsInstance, Error> {
-        let instance = runtime
-            .pre
+        let mut js = match &runtime.snapshot {
+            Some(pre) => JsInstance::instantiate(inner, pre, store).await?,
+            None => {
+                let mut js = JsInstance::instantiate(inner, &runtime.pre, store).await?;
+                js.initialize(runtime, capture).await?;
+                js
+            }
+        };
+        js.set_up(capture, memory_limit, env).await?;
+        Ok(js)
+    }
+
+    /// Instantiates `pre` and binds the C API; QuickJS itself is not started yet unless
+    /// `pre` is the snapshot.
+    async fn instantiate(
+        inner: &EngineInner,
+        pre: &InstancePre<HostState>,
+        mut store: Store<HostState>,
+    ) -> Result<JsInstance, Error> {
+        let instance = pre
             .instantiate_async(&mut store)
             .await
             .map_err(Error::internal)?;
@@ -112,15 +217,15 @@ impl JsInstance {
                 })?
             };
         }
-        let initialize: TypedFunc<(), ()> = export!("_initialize");
-        let init: TypedFunc<(), i32> = export!("qjs_init");
-        let get_context: TypedFunc<(), i32> = export!("qjs_get_context");
-        let get_runtime: TypedFunc<i32, i32> = export!("JS_GetRuntime");
-        let set_memory_limit: TypedFunc<(i32, i32), ()> = export!("JS_SetMemoryLimit");
-        let global_object: TypedFunc<i32, i64> = export!("JS_GetGlobalObject");
-        let init_std: TypedFunc<(i32, i32), i32> = export!("js_init_module_std");
-        let init_os: TypedFunc<(i32, i32), i32> = export!("js_init_module_os");
         let api = Api {
+            initialize: instance.get_typed_func(&mut store, "_initialize").ok(),
+            init: export!("qjs_init"),
+            get_context: export!("qjs_get_context"),
+            get_runtime: export!("JS_GetRuntime"),
+            set_memory_limit: export!("JS_SetMemoryLimit"),
+            global_object: export!("JS_GetGlobalObject"),
+            init_std: export!("js_init_module_std"),
+            init_os: export!("js_init_module_os"),
             eval: export!("JS_Eval"),
             get_exception: export!("JS_GetException"),
             to_cstring: export!("JS_ToCStringLen2"),
@@ -146,109 +251,181 @@ impl JsInstance {
             .await
             .map_err(Error::internal)?;
         store.data_mut().door.boot = None;
+        Ok(JsInstance {
+            store,
+            instance,
+            memory,
+            api,
+            ctx: 0,
+            fulfilled: UNDEFINED,
+            threw: UNDEFINED,
+        })
+    }
 
-        let fail = |what: &str, e: wasmtime::Error| {
-            Error::Internal(format!("starting JavaScript: {what}: {e:#}"))
-        };
+    /// Starts QuickJS, its `std` and `os` modules, and evaluates the prelude.
+    async fn initialize(
+        &mut self,
+        runtime: &JsRuntime,
+        capture: &SharedCapture,
+    ) -> Result<(), Error> {
+        let initialize = self.api.initialize.clone().ok_or_else(|| {
+            Error::Internal("the JavaScript runtime does not export _initialize".into())
+        })?;
         initialize
-            .call_async(&mut store, ())
+            .call_async(&mut self.store, ())
             .await
-            .map_err(|e| fail("_initialize", e))?;
-        if init
-            .call_async(&mut store, ())
+            .map_err(|e| start_error("_initialize", e))?;
+        let init = self
+            .api
+            .init
+            .call_async(&mut self.store, ())
             .await
-            .map_err(|e| fail("qjs_init", e))?
-            != 0
-        {
+            .map_err(|e| start_error("qjs_init", e))?;
+        if init != 0 {
             return Err(Error::Internal(
                 "starting JavaScript: qjs_init failed".into(),
             ));
         }
-        let ctx = get_context
-            .call_async(&mut store, ())
-            .await
-            .map_err(|e| fail("qjs_get_context", e))?;
-        let rt = get_runtime
-            .call_async(&mut store, ctx)
-            .await
-            .map_err(|e| fail("JS_GetRuntime", e))?;
-        // QuickJS's own heap limit gives a catchable out-of-memory error before the store's.
-        let heap = (memory_limit.saturating_mul(9) / 10).min(u32::MAX as u64) as u32;
-        set_memory_limit
-            .call_async(&mut store, (rt, heap as i32))
-            .await
-            .map_err(|e| fail("JS_SetMemoryLimit", e))?;
-
-        let mut js = JsInstance {
-            store,
-            memory,
-            api,
-            ctx,
-            fulfilled: UNDEFINED,
-            threw: UNDEFINED,
-        };
+        let ctx = self.context().await?;
         // The prelude builds on QuickJS's `std` and `os` modules.
-        for (name, init) in [("std", &init_std), ("os", &init_os)] {
-            let (module_name, _) = js.write_c_string(name).await.map_err(|e| fail(name, e))?;
-            let module = init
-                .call_async(&mut js.store, (ctx, module_name))
+        for (name, init) in [
+            ("std", self.api.init_std.clone()),
+            ("os", self.api.init_os.clone()),
+        ] {
+            let (module_name, _) = self
+                .write_c_string(name)
                 .await
-                .map_err(|e| fail(name, e))?;
+                .map_err(|e| start_error(name, e))?;
+            let module = init
+                .call_async(&mut self.store, (ctx, module_name))
+                .await
+                .map_err(|e| start_error(name, e))?;
             if module == 0 {
                 return Err(Error::Internal(format!(
                     "starting JavaScript: module {name} failed"
                 )));
             }
         }
-        capture
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .start(64 << 10, None);
-        let prelude = js.load_prelude(runtime).await;
+        start_capture(capture);
+        let prelude = self.load_prelude(runtime).await;
         let boot_output = capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
-        let prelude = prelude.map_err(|e| fail("the prelude", e))?;
+        let prelude = prelude.map_err(|e| start_error("the prelude", e))?;
         let settled = if is_exception(prelude) {
             prelude
         } else {
-            js.api
+            self.api
                 .await_value
-                .call_async(&mut js.store, (ctx, prelude))
+                .call_async(&mut self.store, (ctx, prelude))
                 .await
-                .map_err(|e| fail("the prelude", e))?
+                .map_err(|e| start_error("the prelude", e))?
         };
         if is_exception(settled) {
-            let message = js.exception_text().await.unwrap_or_default();
+            let message = self.exception_text().await.unwrap_or_default();
             return Err(Error::Internal(format!(
                 "the JavaScript prelude failed: {message} {}",
                 boot_output.stderr.trim()
             )));
         }
-        js.free_value(settled)
+        self.free_value(settled)
             .await
-            .map_err(|e| fail("the prelude", e))?;
-        let global = global_object
-            .call_async(&mut js.store, ctx)
+            .map_err(|e| start_error("the prelude", e))
+    }
+
+    /// The QuickJS context, which the runtime keeps in a static once `qjs_init` ran.
+    async fn context(&mut self) -> Result<i32, Error> {
+        let ctx = self
+            .api
+            .get_context
+            .call_async(&mut self.store, ())
             .await
-            .map_err(|e| fail("globals", e))?;
-        let codebox = js
+            .map_err(|e| start_error("qjs_get_context", e))?;
+        if ctx == 0 {
+            return Err(Error::Internal(
+                "starting JavaScript: the runtime has no context".into(),
+            ));
+        }
+        self.ctx = ctx;
+        Ok(ctx)
+    }
+
+    /// What makes this context its own: the memory limit, then the prelude's `setup` with
+    /// the environment and a fresh random seed (from the host: the C library's view of the
+    /// environment is the snapshot's); and the report functions the host calls after each
+    /// cell.
+    async fn set_up(
+        &mut self,
+        capture: &SharedCapture,
+        memory_limit: u64,
+        env: &[(String, String)],
+    ) -> Result<(), Error> {
+        let ctx = self.context().await?;
+        let rt = self
+            .api
+            .get_runtime
+            .call_async(&mut self.store, ctx)
+            .await
+            .map_err(|e| start_error("JS_GetRuntime", e))?;
+        // QuickJS's own heap limit gives a catchable out-of-memory error before the store's.
+        let heap = (memory_limit.saturating_mul(9) / 10).min(u32::MAX as u64) as u32;
+        self.api
+            .set_memory_limit
+            .call_async(&mut self.store, (rt, heap as i32))
+            .await
+            .map_err(|e| start_error("JS_SetMemoryLimit", e))?;
+
+        let mut seed = [0u8; 16];
+        getrandom::fill(&mut seed).map_err(|e| Error::internal(format!("random seed: {e}")))?;
+        let words: Vec<String> = seed
+            .chunks(4)
+            .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")).to_string())
+            .collect();
+        let env: serde_json::Map<String, serde_json::Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let env = serde_json::Value::Object(env);
+        let source = format!("__codebox.setup([{}], {env})", words.join(","));
+        start_capture(capture);
+        let done = self
+            .eval(&source, "<codebox-setup>", EVAL_TYPE_GLOBAL)
+            .await;
+        let output = capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        let done = done.map_err(|e| start_error("setup", e))?;
+        if is_exception(done) {
+            let message = self.exception_text().await.unwrap_or_default();
+            return Err(Error::Internal(format!(
+                "the JavaScript setup failed: {message} {}",
+                output.stderr.trim()
+            )));
+        }
+        self.free_value(done)
+            .await
+            .map_err(|e| start_error("setup", e))?;
+
+        let global = self
+            .api
+            .global_object
+            .call_async(&mut self.store, ctx)
+            .await
+            .map_err(|e| start_error("globals", e))?;
+        let codebox = self
             .property(global, "__codebox")
             .await
-            .map_err(|e| fail("globals", e))?;
-        js.fulfilled = js
+            .map_err(|e| start_error("globals", e))?;
+        self.fulfilled = self
             .property(codebox, "fulfilled")
             .await
-            .map_err(|e| fail("globals", e))?;
-        js.threw = js
+            .map_err(|e| start_error("globals", e))?;
+        self.threw = self
             .property(codebox, "threw")
             .await
-            .map_err(|e| fail("globals", e))?;
-        js.free_value(codebox)
+            .map_err(|e| start_error("globals", e))?;
+        self.free_value(codebox)
             .await
-            .map_err(|e| fail("globals", e))?;
-        js.free_value(global)
+            .map_err(|e| start_error("globals", e))?;
+        self.free_value(global)
             .await
-            .map_err(|e| fail("globals", e))?;
-        Ok(js)
+            .map_err(|e| start_error("globals", e))
     }
 
     /// Runs the cell waiting in the door and puts the report there.

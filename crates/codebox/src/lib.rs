@@ -37,6 +37,7 @@ mod python;
 mod runtime;
 mod template;
 mod transform;
+mod workdir;
 
 pub use context::{Context, ContextOptions, ExecuteRequest, Language, MAX_CODE_BYTES};
 pub use engine::{Engine, EngineBuilder};

@@ -295,15 +295,15 @@ fn start_capture(capture: &SharedCapture) {
 }
 
 /// Private directories for the build's `/tmp` and `/home/user`.
-struct BuildSandbox {
-    tmp: tempfile::TempDir,
+pub(crate) struct BuildSandbox {
+    pub tmp: tempfile::TempDir,
     _home_dir: tempfile::TempDir,
-    home: HomeDir,
-    capture: SharedCapture,
+    pub home: HomeDir,
+    pub capture: SharedCapture,
 }
 
 impl BuildSandbox {
-    fn new() -> Result<BuildSandbox, Error> {
+    pub(crate) fn new() -> Result<BuildSandbox, Error> {
         let temp = |prefix| {
             tempfile::Builder::new()
                 .prefix(prefix)
@@ -323,9 +323,9 @@ impl BuildSandbox {
 }
 
 /// Hands the instance's globals and memory to wizer.
-struct SnapshotSource<'a> {
-    store: &'a mut Store<HostState>,
-    instance: Instance,
+pub(crate) struct SnapshotSource<'a> {
+    pub store: &'a mut Store<HostState>,
+    pub instance: Instance,
 }
 
 impl InstanceState for SnapshotSource<'_> {

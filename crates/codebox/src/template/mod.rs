@@ -22,6 +22,8 @@
 mod build;
 mod wasm;
 
+pub(crate) use build::{BuildSandbox, SnapshotSource, WIZER_VERSION};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
