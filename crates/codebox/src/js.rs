@@ -4,6 +4,11 @@
 //! `transform`), evaluated as a global script with top-level await, and run until its promise,
 //! microtasks and timers have settled. The prelude (`wasm-runtimes/javascript/prelude.js`)
 //! turns the outcome into a JSON report that the host reads back as a string.
+//!
+//! Contexts start from a snapshot of the runtime taken right after QuickJS, its `std`/`os`
+//! modules and the prelude were initialised (see [`snapshot_module`]); the prelude's
+//! `setup()` then gives each its own environment, working directory, random seed and clock
+//! origin.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
