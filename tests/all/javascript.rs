@@ -325,11 +325,11 @@ async fn each_context_gets_its_own_environment_directory_seed_and_clock() {
             let ctx = engine.create_context(options).await.unwrap();
             let run = ok(
                 &ctx,
-                "[process.env.GREETING, process.cwd(), performance.now() < 1000, \
-                 performance.now() <= performance.now()]",
+                "[process.env.GREETING, (await import('std')).getenv('GREETING'), \
+                 process.cwd(), performance.now() < 1000, performance.now() <= performance.now()]",
             )
             .await;
-            let expected = format!("[ 'hello {i}', '/home/user/work', true, true ]");
+            let expected = format!("[ 'hello {i}', 'hello {i}', '/home/user/work', true, true ]");
             assert_eq!(run.text(), Some(expected.as_str()));
             let run = ok(&ctx, "Array.from({length: 4}, () => Math.random())").await;
             let draw = run.text().unwrap().to_string();

@@ -319,8 +319,8 @@ globalThis.__codebox = {
 //
 // Everything above is the same in every context, so the host may snapshot the runtime right
 // after this prelude ran and start contexts from that image. What must differ per context is
-// done here, once, by the host before the first cell: environment (given by the host, since
-// the C library read its copy before the snapshot), working directory, a random seed
+// done here, once, by the host before the first cell: environment (given by the host, so it
+// never depends on how the C library caches it), working directory, a random seed
 // (QuickJS seeds Math.random from the clock when the runtime starts, which a snapshot would
 // freeze) and the origin of performance.now().
 

@@ -384,8 +384,9 @@ fn javascript_snapshot(
 ) -> Result<InstancePre<HostState>, Error> {
     let inner = &engine.inner;
     let inputs = format!(
-        "{} snapshot {} {}",
+        "{} snapshot {} {} {}",
         files.module_sha256,
+        crate::js::SNAPSHOT_FORMAT,
         crate::template::WIZER_VERSION,
         runtime::hex(&sha2::Sha256::digest(crate::js::PRELUDE.as_bytes()))
     );

@@ -24,7 +24,7 @@ use crate::engine::{Engine, EngineInner};
 use crate::execution::DisplayData;
 use crate::host::{GuestError, HostState};
 use crate::output::SharedCapture;
-use crate::template::{BuildSandbox, SnapshotSource};
+use crate::template::{BuildSandbox, SnapshotSource, plain_functions, with_exports};
 use crate::transform;
 use crate::{Error, host};
 
@@ -110,6 +110,12 @@ pub(crate) fn snapshot_module(
         .map_err(|e| Error::internal(format!("compiling the JavaScript snapshot: {e:#}")))
 }
 
+/// Part of the snapshot's cache key: bump it when the way the snapshot is made changes.
+pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
+
+/// wasi-libc's function that drops its parsed environment, to be read again on next use.
+const FORGET_ENVIRON: &str = "__wasilibc_deinitialize_environ";
+
 async fn snapshot(engine: &Engine, runtime: &JsRuntime, wasm: &[u8]) -> Result<Vec<u8>, Error> {
     let inner = &engine.inner;
     let failed = |what: &str, e: wasmtime::Error| {
@@ -120,6 +126,12 @@ async fn snapshot(engine: &Engine, runtime: &JsRuntime, wasm: &[u8]) -> Result<V
     let (cx, instrumented) = wizer
         .instrument(wasm)
         .map_err(|e| failed("instrumenting", e))?;
+    // wasi-libc's copy of the environment is made at start-up; forgetting it right before the
+    // snapshot makes a restored context's C library (`std.getenv`) read its own.
+    let forget_environ = plain_functions(wasm, &[FORGET_ENVIRON])
+        .map_err(|e| Error::internal(format!("the JavaScript snapshot: {e}")))?;
+    let instrumented = with_exports(&instrumented, &[(forget_environ[0], FORGET_ENVIRON)])
+        .map_err(|e| Error::internal(format!("the JavaScript snapshot: {e}")))?;
     let module = Module::new(&inner.wasm, &instrumented).map_err(|e| failed("compiling", e))?;
     let pre = host::instance_pre(&inner.wasm, &module).map_err(|e| failed("linking", e))?;
     // The same mounts, in the same order, as every JavaScript context.
@@ -136,6 +148,12 @@ async fn snapshot(engine: &Engine, runtime: &JsRuntime, wasm: &[u8]) -> Result<V
     })?;
     let mut js = JsInstance::instantiate(inner, &pre, store).await?;
     js.initialize(runtime, &sandbox.capture).await?;
+    js.instance
+        .get_typed_func::<(), ()>(&mut js.store, FORGET_ENVIRON)
+        .map_err(|e| failed(FORGET_ENVIRON, e))?
+        .call_async(&mut js.store, ())
+        .await
+        .map_err(|e| failed(FORGET_ENVIRON, e))?;
     let mut state = SnapshotSource {
         store: &mut js.store,
         instance: js.instance,

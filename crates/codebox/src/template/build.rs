@@ -134,7 +134,7 @@ async fn snapshot(engine: &Engine, recipe: &TemplateRecipe) -> Result<(Vec<u8>, 
                 .copied()
                 .zip(RESET_EXPORTS)
                 .collect();
-            wasm::with_exports(&instrumented, &exports)
+            wasm::with_exports(&instrumented, &exports).map_err(template_error)
         },
     )?;
     drop(instrumented);

@@ -23,6 +23,7 @@ mod build;
 mod wasm;
 
 pub(crate) use build::{BuildSandbox, SnapshotSource, WIZER_VERSION};
+pub(crate) use wasm::{plain_functions, with_exports};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -39,35 +39,16 @@ fn unexpected(what: impl std::fmt::Display) -> Error {
 /// Reads the facts from the plain module.
 pub(crate) fn inspect(wasm: &[u8]) -> Result<ModuleFacts, Error> {
     let bad = |e: wasmparser::BinaryReaderError| unexpected(format!("unreadable module: {e}"));
-    let mut func_types: Vec<u32> = Vec::new(); // type index of every function, imports first
-    let mut empty_types = Vec::new(); // whether each type is `[] -> []`
-    let mut names: HashMap<String, u32> = HashMap::new();
     let mut turn = None;
     let mut imported = 0u32;
     let mut bodies = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(bad)? {
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    for ty in group.map_err(bad)?.into_types() {
-                        empty_types.push(matches!(
-                            &ty.composite_type.inner,
-                            CompositeInnerType::Func(f) if f.params().is_empty() && f.results().is_empty()
-                        ));
-                    }
-                }
-            }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
-                    if let TypeRef::Func(ty) = import.map_err(bad)?.ty {
-                        func_types.push(ty);
+                    if let TypeRef::Func(_) = import.map_err(bad)?.ty {
                         imported += 1;
                     }
-                }
-            }
-            Payload::FunctionSection(reader) => {
-                for ty in reader {
-                    func_types.push(ty.map_err(bad)?);
                 }
             }
             Payload::ExportSection(reader) => {
@@ -79,19 +60,6 @@ pub(crate) fn inspect(wasm: &[u8]) -> Result<ModuleFacts, Error> {
                 }
             }
             Payload::CodeSectionEntry(body) => bodies.push(body),
-            Payload::CustomSection(section) => {
-                if let KnownCustom::Name(reader) = section.as_known() {
-                    for subsection in reader {
-                        if let Ok(Name::Function(map)) = subsection {
-                            for naming in map.into_iter().flatten() {
-                                if RESET_FUNCTIONS.contains(&naming.name) {
-                                    names.insert(naming.name.to_string(), naming.index);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
             _ => {}
         }
     }
@@ -128,33 +96,85 @@ pub(crate) fn inspect(wasm: &[u8]) -> Result<ModuleFacts, Error> {
         )));
     }
 
-    let mut reset_functions = Vec::new();
-    for name in RESET_FUNCTIONS {
-        let index = *names
-            .get(name)
-            .ok_or_else(|| unexpected(format!("its name section has no function {name}")))?;
-        let takes_nothing = func_types
-            .get(index as usize)
-            .and_then(|&ty| empty_types.get(ty as usize))
-            .copied()
-            .unwrap_or(false);
-        if !takes_nothing {
-            return Err(unexpected(format!(
-                "{name} is not a function without parameters or results"
-            )));
-        }
-        reset_functions.push(index);
-    }
+    let reset_functions = plain_functions(wasm, &RESET_FUNCTIONS).map_err(unexpected)?;
     Ok(ModuleFacts {
         turn_flags,
         reset_functions,
     })
 }
 
+/// The indices of the internal functions `wanted`, found by the name section, in that order;
+/// each must take and return nothing. The error says which is missing or different.
+pub(crate) fn plain_functions(wasm: &[u8], wanted: &[&str]) -> Result<Vec<u32>, String> {
+    let bad = |e: wasmparser::BinaryReaderError| format!("unreadable module: {e}");
+    let mut func_types: Vec<u32> = Vec::new(); // type index of every function, imports first
+    let mut empty_types = Vec::new(); // whether each type is `[] -> []`
+    let mut names: HashMap<String, u32> = HashMap::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(bad)? {
+            Payload::TypeSection(reader) => {
+                for group in reader {
+                    for ty in group.map_err(bad)?.into_types() {
+                        empty_types.push(matches!(
+                            &ty.composite_type.inner,
+                            CompositeInnerType::Func(f) if f.params().is_empty() && f.results().is_empty()
+                        ));
+                    }
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    if let TypeRef::Func(ty) = import.map_err(bad)?.ty {
+                        func_types.push(ty);
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for ty in reader {
+                    func_types.push(ty.map_err(bad)?);
+                }
+            }
+            Payload::CustomSection(section) => {
+                if let KnownCustom::Name(reader) = section.as_known() {
+                    for subsection in reader {
+                        if let Ok(Name::Function(map)) = subsection {
+                            for naming in map.into_iter().flatten() {
+                                if wanted.contains(&naming.name) {
+                                    names.insert(naming.name.to_string(), naming.index);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    wanted
+        .iter()
+        .map(|name| {
+            let index = *names
+                .get(*name)
+                .ok_or_else(|| format!("its name section has no function {name}"))?;
+            let takes_nothing = func_types
+                .get(index as usize)
+                .and_then(|&ty| empty_types.get(ty as usize))
+                .copied()
+                .unwrap_or(false);
+            if !takes_nothing {
+                return Err(format!(
+                    "{name} is not a function without parameters or results"
+                ));
+            }
+            Ok(index)
+        })
+        .collect()
+}
+
 /// `wasm` with the functions `functions` (index, export name) exported as well; every other
 /// section is copied unchanged.
-pub(crate) fn with_exports(wasm: &[u8], functions: &[(u32, &str)]) -> Result<Vec<u8>, Error> {
-    let bad = |e: wasmparser::BinaryReaderError| unexpected(format!("unreadable module: {e}"));
+pub(crate) fn with_exports(wasm: &[u8], functions: &[(u32, &str)]) -> Result<Vec<u8>, String> {
+    let bad = |e: wasmparser::BinaryReaderError| format!("unreadable module: {e}");
     let mut module = wasm_encoder::Module::new();
     let mut exported = false;
     for payload in Parser::new(0).parse_all(wasm) {
@@ -185,7 +205,7 @@ pub(crate) fn with_exports(wasm: &[u8], functions: &[(u32, &str)]) -> Result<Vec
         }
     }
     if !exported {
-        return Err(unexpected("it has no export section"));
+        return Err("it has no export section".into());
     }
     Ok(module.finish())
 }
