@@ -309,13 +309,26 @@ async fn a_hundred_javascript_contexts_run_concurrently() {
 /// The same holds for an engine without snapshots.
 #[tokio::test]
 async fn each_context_gets_its_own_environment_directory_seed_and_clock() {
+    // An engine of its own, to see that the snapshot is really used: a failed snapshot build
+    // is reported through progress, and contexts then start the slow way.
+    let said = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = said.clone();
+    let snapshots = codebox::Engine::builder()
+        .max_contexts(4)
+        .default_template(None)
+        .build_default_template(false)
+        .progress(codebox::Progress::to(move |line| {
+            log.lock().unwrap().push(line.to_string())
+        }))
+        .build()
+        .unwrap();
     let plain = codebox::Engine::builder()
         .max_contexts(4)
         .templates(false)
         .progress(codebox::Progress::silent())
         .build()
         .unwrap();
-    for engine in [engine(), plain] {
+    for engine in [snapshots, plain] {
         let mut draws = Vec::new();
         for i in 0..2 {
             let options = ContextOptions::new()
@@ -342,5 +355,10 @@ async fn each_context_gets_its_own_environment_directory_seed_and_clock() {
             draws.push(draw);
         }
         assert_ne!(draws[0], draws[1], "two contexts drew the same numbers");
+        let said = said.lock().unwrap();
+        assert!(
+            !said.iter().any(|line| line.contains("without a snapshot")),
+            "{said:?}"
+        );
     }
 }

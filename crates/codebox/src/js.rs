@@ -111,10 +111,12 @@ pub(crate) fn snapshot_module(
 }
 
 /// Part of the snapshot's cache key: bump it when the way the snapshot is made changes.
-pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
+pub(crate) const SNAPSHOT_FORMAT: u32 = 3;
 
-/// wasi-libc's function that drops its parsed environment, to be read again on next use.
-const FORGET_ENVIRON: &str = "__wasilibc_deinitialize_environ";
+/// wasi-libc's function that (re)reads the environment from WASI, and the name the snapshot
+/// exports it under.
+const READ_ENVIRON: &str = "__wasilibc_initialize_environ";
+const READ_ENVIRON_EXPORT: &str = "codebox.read_environ";
 
 async fn snapshot(engine: &Engine, runtime: &JsRuntime, wasm: &[u8]) -> Result<Vec<u8>, Error> {
     let inner = &engine.inner;
@@ -126,12 +128,10 @@ async fn snapshot(engine: &Engine, runtime: &JsRuntime, wasm: &[u8]) -> Result<V
     let (cx, instrumented) = wizer
         .instrument(wasm)
         .map_err(|e| failed("instrumenting", e))?;
-    // wasi-libc's copy of the environment is made at start-up; forgetting it right before the
-    // snapshot makes a restored context's C library (`std.getenv`) read its own.
-    let forget_environ = plain_functions(wasm, &[FORGET_ENVIRON])
-        .map_err(|e| Error::internal(format!("the JavaScript snapshot: {e}")))?;
-    let instrumented = with_exports(&instrumented, &[(forget_environ[0], FORGET_ENVIRON)])
-        .map_err(|e| Error::internal(format!("the JavaScript snapshot: {e}")))?;
+    // wasi-libc reads the environment once, at start-up. The snapshot exports its reader so
+    // a restored context's C library (`std.getenv`) can read its own.
+    let read_environ = plain_functions(wasm, &[READ_ENVIRON])
+        .map_err(|e| Error::internal(format!("the JavaScript snapshot: {e}")))?[0];
     let module = Module::new(&inner.wasm, &instrumented).map_err(|e| failed("compiling", e))?;
     let pre = host::instance_pre(&inner.wasm, &module).map_err(|e| failed("linking", e))?;
     // The same mounts, in the same order, as every JavaScript context.
@@ -148,20 +148,17 @@ async fn snapshot(engine: &Engine, runtime: &JsRuntime, wasm: &[u8]) -> Result<V
     })?;
     let mut js = JsInstance::instantiate(inner, &pre, store).await?;
     js.initialize(runtime, &sandbox.capture).await?;
-    js.instance
-        .get_typed_func::<(), ()>(&mut js.store, FORGET_ENVIRON)
-        .map_err(|e| failed(FORGET_ENVIRON, e))?
-        .call_async(&mut js.store, ())
-        .await
-        .map_err(|e| failed(FORGET_ENVIRON, e))?;
     let mut state = SnapshotSource {
         store: &mut js.store,
         instance: js.instance,
     };
-    wizer
+    let image = wizer
         .snapshot(&cx, &mut state)
         .await
-        .map_err(|e| failed("writing", e))
+        .map_err(|e| failed("writing", e))?;
+    // The snapshot keeps the module's function indices.
+    with_exports(&image, &[(read_environ, READ_ENVIRON_EXPORT)])
+        .map_err(|e| Error::internal(format!("the JavaScript snapshot: {e}")))
 }
 
 fn start_error(what: &str, e: wasmtime::Error) -> Error {
@@ -211,7 +208,11 @@ impl JsInstance {
         env: &[(String, String)],
     ) -> Result<JsInstance, Error> {
         let mut js = match &runtime.snapshot {
-            Some(pre) => JsInstance::instantiate(inner, pre, store).await?,
+            Some(pre) => {
+                let mut js = JsInstance::instantiate(inner, pre, store).await?;
+                js.read_environ().await?;
+                js
+            }
             None => {
                 let mut js = JsInstance::instantiate(inner, &runtime.pre, store).await?;
                 js.initialize(runtime, capture).await?;
@@ -352,6 +353,17 @@ impl JsInstance {
         self.free_value(settled)
             .await
             .map_err(|e| start_error("the prelude", e))
+    }
+
+    /// Makes a restored C library read this context's environment instead of the build's.
+    async fn read_environ(&mut self) -> Result<(), Error> {
+        let read = self
+            .instance
+            .get_typed_func::<(), ()>(&mut self.store, READ_ENVIRON_EXPORT)
+            .map_err(|e| start_error(READ_ENVIRON_EXPORT, e))?;
+        read.call_async(&mut self.store, ())
+            .await
+            .map_err(|e| start_error(READ_ENVIRON_EXPORT, e))
     }
 
     /// The QuickJS context, which the runtime keeps in a static once `qjs_init` ran.

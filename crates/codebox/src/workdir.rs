@@ -13,8 +13,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Most emptied directories kept for reuse.
-const MAX_FREE: usize = 64;
+/// Most emptied directories kept for reuse, per pool. They stay behind if the process ends
+/// without dropping its engine, so keep it small.
+const MAX_FREE: usize = 16;
 
 /// Emptied directories of one kind waiting for their next context.
 #[derive(Debug)]
@@ -94,9 +95,11 @@ impl WorkDir {
             }
         }
         let parent = self.path.parent().unwrap_or(Path::new("/"));
-        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!("-{}", unique_suffix()));
-        let renamed = parent.join(name);
+        let renamed = parent.join(format!("{}{}", self.pool.prefix, unique_suffix()));
+        // Never onto an existing path: `rename` would replace an empty directory there.
+        if fs::symlink_metadata(&renamed).is_ok() {
+            return Err(io::Error::other("the new name is taken"));
+        }
         fs::rename(&self.path, &renamed)?;
         Ok(renamed)
     }
@@ -121,11 +124,12 @@ impl Drop for WorkDir {
     }
 }
 
-/// A short suffix no other directory of this process has had.
+/// A name suffix no other directory has had: this process's id and a counter.
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("r{:x}-{n:x}", std::process::id())
 }
 
 #[cfg(test)]
@@ -154,6 +158,11 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("kept")]);
         drop(second);
+        // Names do not grow with reuse.
+        for _ in 0..300 {
+            let dir = pool.take().unwrap();
+            assert!(dir.path().as_os_str().len() < old.as_os_str().len() + 24);
+        }
         let pooled = pool.lock().clone();
         assert_eq!(pooled.len(), 1);
         drop(pool);
