@@ -35,7 +35,9 @@ pub(crate) struct WorkDir {
 
 impl DirPool {
     /// A pool of directories named `<prefix><random>` in the system's temporary directory.
+    /// Directories left in the pools of processes that have ended are removed now.
     pub(crate) fn new(prefix: &'static str, keep: Option<&'static str>) -> Arc<DirPool> {
+        sweep(&std::env::temp_dir(), prefix);
         Arc::new(DirPool {
             prefix,
             keep,
@@ -124,6 +126,33 @@ impl Drop for WorkDir {
     }
 }
 
+/// Removes `<prefix>r<pid>-<n>` directories in `dir` whose process is gone (Linux: no
+/// `/proc/<pid>`). Only recycled directories carry such names, and a process only ever takes
+/// directories named after itself.
+fn sweep(dir: &Path, prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_prefix('r'))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| u32::from_str_radix(pid, 16).ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A name suffix no other directory has had: this process's id and a counter.
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,5 +199,21 @@ mod tests {
             !pooled[0].exists(),
             "the pool removes its directories when it goes"
         );
+    }
+
+    #[test]
+    fn directories_left_by_ended_processes_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("codebox-x-r7fffffff-3"); // no such process
+        let mine = dir
+            .path()
+            .join(format!("codebox-x-r{:x}-1", std::process::id()));
+        let other = dir.path().join("codebox-x-abc");
+        for path in [&gone, &mine, &other] {
+            fs::create_dir_all(path.join("inside")).unwrap();
+        }
+        sweep(dir.path(), "codebox-x-");
+        assert!(!gone.exists());
+        assert!(mine.exists() && other.exists());
     }
 }
