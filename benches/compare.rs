@@ -33,7 +33,7 @@ fn main() {
     eprintln!("codebox ...");
     // Contexts start from the `stdlib` template unless a measure names another.
     let plain = Engine::builder()
-        .max_contexts(64)
+        .max_contexts(96)
         .default_template(None)
         .build_default_template(false)
         .build()
@@ -201,15 +201,20 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
     let ctx = fresh(engine).await;
     ctx.execute("x = 1").await.unwrap();
     let tiny = warm_ms(&ctx, "x + 1", n * 25).await;
-    let silent = warm_ms(&ctx, "y = x", n * 25).await;
+    let silent = warm_ms(&ctx, "y = x + 1", n * 25).await;
     out.push((
         "tiny execution on a live context (`x + 1`)".into(),
         tiny * 1e3,
         "µs",
     ));
     out.push((
-        "tiny execution without a result (`y = x`)".into(),
+        "tiny execution without a result (`y = x + 1`)".into(),
         silent * 1e3,
+        "µs",
+    ));
+    out.push((
+        "… so a text result adds (the difference)".into(),
+        (tiny - silent) * 1e3,
         "µs",
     ));
 
@@ -298,6 +303,7 @@ async fn engine_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'sta
 
     out.extend(template_numbers(engine, quick).await);
     out.extend(http_numbers(engine, n).await);
+    out.extend(http_load(engine, quick).await);
 
     let js_options = || ContextOptions::new().language(Language::JavaScript);
     let mut create = Vec::new();
@@ -464,6 +470,88 @@ async fn http_numbers(engine: &Engine, n: usize) -> Vec<(String, f64, &'static s
         (
             "HTTP: create sandbox → first `1+1` result".into(),
             median(creates),
+            "ms",
+        ),
+    ]
+}
+
+/// Sustained load: 50 sandboxes, one client each sending `x + 1` back to back over loopback
+/// HTTP for a fixed time. Clients and server share the machine's cores.
+async fn http_load(engine: &Engine, quick: bool) -> Vec<(String, f64, &'static str)> {
+    use codebox_server::{Server, ServerConfig};
+    use serde_json::{Value, json};
+    let (sandboxes, seconds) = (50, if quick { 3 } else { 10 });
+    let mut config = ServerConfig::new(vec!["k".into()]);
+    // Each context reserves its memory limit from the server's budget (3/4 of the RAM).
+    config.limits.memory_bytes = 256 << 20;
+    let server = Server::bind(engine.clone(), config, "127.0.0.1:0")
+        .await
+        .expect("server");
+    let base = format!("http://{}", server.local_addr());
+    tokio::spawn(server.run());
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..sandboxes {
+        let created: Value = client
+            .post(format!("{base}/sandboxes"))
+            .bearer_auth("k")
+            .json(&json!({"template": "stdlib"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["sandboxID"].as_str().unwrap().to_string());
+    }
+    let execute = |id: &str, code: &'static str| {
+        client
+            .post(format!("{base}/sandboxes/{id}/execute"))
+            .bearer_auth("k")
+            .header("Accept", "application/json")
+            .json(&json!({"code": code}))
+            .send()
+    };
+    for id in &ids {
+        execute(id, "x = 1").await.unwrap().bytes().await.unwrap();
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let clients = ids.iter().map(|id| async {
+        let mut latencies = Vec::new();
+        while Instant::now() < deadline {
+            let sent = Instant::now();
+            let answer = execute(id, "x + 1").await.unwrap().bytes().await.unwrap();
+            assert!(answer.starts_with(b"{"), "{answer:?}");
+            latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+        }
+        latencies
+    });
+    let mut latencies: Vec<f64> = futures_util::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = latencies.len() as f64 / elapsed;
+    latencies.sort_by(f64::total_cmp);
+    let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+    vec![
+        (
+            format!(
+                "HTTP load: {sandboxes} sandboxes, tiny executions back to back (executions/s)"
+            ),
+            rate,
+            "/s",
+        ),
+        (
+            format!("HTTP load: {sandboxes} sandboxes, median latency"),
+            median(latencies),
+            "ms",
+        ),
+        (
+            format!("HTTP load: {sandboxes} sandboxes, p99 latency"),
+            p99,
             "ms",
         ),
     ]

@@ -6,6 +6,7 @@ mod e2b;
 mod files;
 mod javascript;
 mod limits;
+mod operations;
 mod perf;
 mod python;
 mod rich;

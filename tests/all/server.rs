@@ -540,6 +540,10 @@ async fn a_runaway_execution_does_not_block_health_or_other_sandboxes_and_a_disc
     tokio::time::sleep(Duration::from_millis(300)).await;
     let run = server.run(&busy, "state").await;
     assert_eq!(run["error"]["name"], "NameError", "{run}");
+    let metrics = server.get("/metrics", "key-a").send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let cancelled = "codebox_executions_total{outcome=\"cancelled\"}";
+    assert_eq!(crate::operations::sample(&metrics, cancelled), 1.0);
 }
 
 #[tokio::test]

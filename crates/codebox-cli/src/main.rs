@@ -86,17 +86,53 @@ struct ServeArgs {
     addr: String,
     /// A file with API keys, one per line (added to those in CODEBOX_API_KEYS, comma-separated).
     /// With no key at all, one is generated and printed.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "CODEBOX_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
     /// Most live sandboxes.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, env = "CODEBOX_MAX_SANDBOXES")]
     max_sandboxes: usize,
     /// Most live contexts over all sandboxes.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, env = "CODEBOX_MAX_CONTEXTS")]
     max_contexts: usize,
-    /// Directory for sandbox home directories.
-    #[arg(long, value_name = "DIR")]
+    /// Memory limit of each context, in MiB.
+    #[arg(
+        long,
+        value_name = "MB",
+        default_value_t = 1024,
+        env = "CODEBOX_MEMORY"
+    )]
+    memory: u64,
+    /// Memory all live contexts may reserve together, in MiB (each reserves its limit);
+    /// past it, new contexts get 429. Default: three quarters of physical memory.
+    #[arg(long, value_name = "MB", env = "CODEBOX_MEMORY_BUDGET")]
+    memory_budget: Option<u64>,
+    /// Directory for sandbox home directories (default: the system temp directory).
+    #[arg(long, value_name = "DIR", env = "CODEBOX_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Seconds requests in flight may go on after SIGTERM or Ctrl-C before every sandbox is
+    /// killed.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10.0,
+        env = "CODEBOX_SHUTDOWN_GRACE"
+    )]
+    shutdown_grace: f64,
+    /// Log format on stderr: `text` or `json` (one object per line). The level is set with
+    /// CODEBOX_LOG (e.g. `debug`, `codebox_server=info`; default `info`).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "CODEBOX_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -159,6 +195,9 @@ fn main() -> ExitCode {
             Command::Template(command) => template(command).await,
         }
     });
+    // Work still running on blocking threads (a JavaScript runtime load, say) must not hold
+    // the exit up.
+    runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(code) => code,
         Err(message) => fail(&message),
@@ -415,11 +454,22 @@ async fn serve(args: ServeArgs) -> CliResult {
         );
         keys.push(key);
     }
+    init_logging(args.log_format)?;
     let mut config = codebox_server::ServerConfig::new(keys);
     config.max_sandboxes = args.max_sandboxes;
+    config.limits.memory_bytes = args.memory.saturating_mul(1 << 20);
+    if let Some(mb) = args.memory_budget {
+        config.memory_budget_bytes = mb.saturating_mul(1 << 20);
+    }
+    config
+        .limits
+        .validate()
+        .map_err(|_| "--memory must be between 16 and 4096 (MiB)".to_string())?;
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    config.shutdown_grace = Duration::try_from_secs_f64(args.shutdown_grace)
+        .map_err(|_| "--shutdown-grace must be a number of seconds, 0 or more".to_string())?;
     let max_contexts = args.max_contexts;
     let engine =
         tokio::task::spawn_blocking(move || Engine::builder().max_contexts(max_contexts).build())
@@ -433,8 +483,57 @@ async fn serve(args: ServeArgs) -> CliResult {
         "codebox: listening on http://{} (API: /openapi.json)",
         server.local_addr()
     );
-    server.run().await.map_err(|e| e.to_string())?;
+    server
+        .run_until(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("codebox: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Structured logs on stderr for the server: request ids, sandbox ids, outcomes and
+/// durations, never code or file contents.
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("CODEBOX_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives)
+            .map_err(|e| format!("CODEBOX_LOG is not a valid log filter: {e}"))?,
+        Err(_) => EnvFilter::new("info"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
 }
 
 fn generated_key() -> Result<String, String> {

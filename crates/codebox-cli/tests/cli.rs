@@ -199,3 +199,113 @@ fn a_tampered_or_truncated_runtime_is_refused_with_a_fix() {
         );
     }
 }
+
+/// One HTTP/1.1 exchange over a fresh connection; returns the whole answer.
+fn http(addr: &str, request: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn serve_logs_json_lines_with_request_ids_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--shutdown-grace", "1"])
+        .env("CODEBOX_API_KEYS", "cli-key")
+        .env("CODEBOX_LOG_FORMAT", "json")
+        .env("CODEBOX_DATA_DIR", data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = server.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The first start may install and compile the runtime.
+    let addr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(900))
+            .expect("the server starts");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+
+    let health = http(
+        &addr,
+        "GET /health HTTP/1.1\r\nHost: t\r\nx-request-id: cli-trace-1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("x-request-id: cli-trace-1"), "{health}");
+    let created = http(
+        &addr,
+        "POST /sandboxes HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer cli-key\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let body = created.split("\r\n\r\n").nth(1).unwrap();
+    let sandbox: serde_json::Value = serde_json::from_str(body).unwrap();
+    let refused = http(
+        &addr,
+        "GET /sandboxes HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n",
+    );
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+
+    let signalled = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+
+    let log: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect();
+    let all = serde_json::to_string(&log).unwrap();
+    let has = |test: &dyn Fn(&serde_json::Value) -> bool| log.iter().any(test);
+    assert!(
+        has(&|l| l["message"] == "response"
+            && l["status"] == 200
+            && l["span"]["request_id"] == "cli-trace-1"
+            && l["span"]["path"] == "/health"),
+        "{all}"
+    );
+    assert!(
+        has(&|l| l["message"] == "sandbox created" && l["sandbox"] == sandbox["sandboxID"]),
+        "{all}"
+    );
+    assert!(
+        has(&|l| l["message"] == "response" && l["status"] == 401),
+        "{all}"
+    );
+    assert!(
+        has(&|l| l["message"] == "shutdown signal received"),
+        "{all}"
+    );
+    assert!(!all.contains("cli-key"), "the API key leaked into the log");
+}

@@ -47,6 +47,7 @@ pub(crate) fn routes(app: Arc<App>) -> Router {
         .route("/sandboxes/{id}/files/mkdir", post(make_dir))
         .route("/sandboxes/{id}/files/move", post(move_file))
         .route("/sandboxes/{id}/processes", post(process))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit));
     // Uploads stream with their own limit.
     let file_routes = Router::new()
@@ -68,6 +69,23 @@ pub(crate) fn routes(app: Arc<App>) -> Router {
         .merge(file_routes)
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(app)
+}
+
+/// Prometheus text format; needs an API key like every route but `/health`.
+async fn metrics(State(app): AppState, _caller: Caller) -> Response {
+    let gauges = crate::metrics::Gauges {
+        sandboxes: app.registry.count(),
+        contexts: app.registry.engine.live_contexts(),
+        resident_bytes: crate::metrics::resident_bytes(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.registry.metrics.render(&gauges),
+    )
+        .into_response()
 }
 
 fn sandbox(app: &App, caller: &Caller, id: &str) -> ApiResult<Arc<Sandbox>> {
@@ -602,7 +620,6 @@ async fn process(
         .new_context(&sandbox, language, None, None)
         .await?;
     let run = entry
-        .context
         .execute(
             RunSpec {
                 code,

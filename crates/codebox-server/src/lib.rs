@@ -17,9 +17,13 @@ mod auth;
 mod e2b;
 mod error;
 mod extract;
+mod metrics;
 mod openapi;
+mod request_log;
 mod sandbox;
 mod stream;
+#[cfg(test)]
+mod tests;
 mod upload;
 mod util;
 
@@ -62,6 +66,9 @@ pub struct ServerConfig {
     /// answers 429, so the limits can never add up to more than the machine has. Default:
     /// three quarters of physical memory.
     pub memory_budget_bytes: u64,
+    /// At shutdown, how long requests in flight may go on before every sandbox is killed
+    /// (which ends running executions and their streams). Default 10 s.
+    pub shutdown_grace: Duration,
 }
 
 impl ServerConfig {
@@ -81,6 +88,7 @@ impl ServerConfig {
             max_upload_bytes: 512 << 20,
             data_dir: std::env::temp_dir(),
             memory_budget_bytes: physical_memory() / 4 * 3,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 
@@ -124,6 +132,15 @@ pub(crate) struct App {
     pub keys: Keys,
 }
 
+impl App {
+    fn new(engine: Engine, config: ServerConfig) -> App {
+        App {
+            keys: Keys::new(&config.api_keys),
+            registry: Registry::new(engine, config),
+        }
+    }
+}
+
 /// A server bound to a socket, ready to run.
 #[derive(Debug)]
 pub struct Server {
@@ -145,11 +162,7 @@ impl Server {
     pub async fn bind(engine: Engine, config: ServerConfig, addr: &str) -> std::io::Result<Server> {
         std::fs::create_dir_all(&config.data_dir)?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let keys = Keys::new(&config.api_keys);
-        let app = Arc::new(App {
-            registry: Registry::new(engine, config),
-            keys,
-        });
+        let app = Arc::new(App::new(engine, config));
         Ok(Server {
             listener,
             app: Arc::new(AppHandle(app)),
@@ -165,7 +178,18 @@ impl Server {
 
     /// Serves until the process ends (or the future is dropped).
     pub async fn run(self) -> std::io::Result<()> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: no new connections,
+    /// requests in flight get [`ServerConfig::shutdown_grace`] to finish, then every sandbox
+    /// is killed and the connections still open get one more second. Returns when done.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let app = self.app.0.clone();
+        let grace = app.registry.config.shutdown_grace;
         let reaper_app = Arc::downgrade(&app);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -182,10 +206,42 @@ impl Server {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, router(app)).await
+        let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+        let serve = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+        });
+        let serve = std::pin::pin!(serve.into_future());
+        let mut serve = serve;
+        tokio::select! {
+            done = &mut serve => return done,
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: no new connections, waiting for requests in flight"
+        );
+        if let Ok(done) = tokio::time::timeout(grace, &mut serve).await {
+            app.registry.kill_all();
+            return done;
+        }
+        tracing::info!("grace period over: killing every sandbox");
+        app.registry.kill_all();
+        match tokio::time::timeout(Duration::from_secs(1), &mut serve).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::warn!("connections still open after shutdown; closing them");
+                Ok(())
+            }
+        }
     }
 }
 
 fn router(app: Arc<App>) -> axum::Router {
-    api::routes(app.clone()).merge(e2b::routes(app))
+    api::routes(app.clone())
+        .merge(e2b::routes(app.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            request_log::log_requests,
+        ))
 }

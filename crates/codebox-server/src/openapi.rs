@@ -101,6 +101,10 @@ pub(crate) fn document() -> Value {
         "security": [{"bearer": []}],
         "paths": {
             "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "OK"}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics: executions by outcome, execution duration histogram, HTTP responses by status class, live sandboxes and contexts, resident memory",
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+            }},
             "/sandboxes": {
                 "post": op("Create a sandbox", Some(reference("CreateSandbox")), ok_json(reference("Sandbox"))),
                 "get": op("List your sandboxes", None, ok_json(json!({"type": "array", "items": reference("Sandbox")})))
@@ -131,7 +135,8 @@ pub(crate) fn document() -> Value {
                             "application/x-ndjson": {"schema": {"type": "string"}},
                             "application/json": {"schema": reference("Execution")}}},
                         "400": {"$ref": "#/components/responses/Error"}, "401": {"$ref": "#/components/responses/Error"},
-                        "404": {"$ref": "#/components/responses/Error"}}
+                        "404": {"$ref": "#/components/responses/Error"},
+                        "410": {"description": "The sandbox was killed while the code ran (a stream ends with a `sandbox_killed` error event instead)", "content": {"application/json": {"schema": reference("Error")}}}}
                 }
             },
             "/sandboxes/{id}/files": {

@@ -4,15 +4,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::StatusCode;
-use codebox::{Context, ContextOptions, Engine, HomeDir, Language, Limits};
+use codebox::{
+    Context, ContextOptions, Engine, ExecuteRequest, Execution, HomeDir, Language, Limits,
+};
 use serde::Serialize;
 
 use crate::ServerConfig;
 use crate::auth::Owner;
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::{Metrics, Outcome};
 use crate::util::{random_id, rfc3339};
 
 /// Parses a language name as clients send it (trimmed, any case; `js`, `ts` accepted);
@@ -35,10 +38,36 @@ pub(crate) fn parse_language(name: Option<&str>) -> ApiResult<Language> {
 /// One execution context inside a sandbox.
 pub(crate) struct ContextEntry {
     pub id: String,
+    pub sandbox_id: String,
     pub language: Language,
     pub cwd: String,
     pub context: Context,
+    metrics: Arc<Metrics>,
     _memory: Reservation,
+}
+
+/// One execution in progress; when it ends, or is dropped unfinished (cancelled), it is
+/// counted and logged.
+struct Running<'a> {
+    entry: &'a ContextEntry,
+    started: Instant,
+    outcome: Outcome,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let entry = self.entry;
+        entry.metrics.record_execution(self.outcome, elapsed);
+        tracing::info!(
+            sandbox = %entry.sandbox_id,
+            context = %entry.id,
+            language = entry.language.name(),
+            outcome = self.outcome.label(),
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            "execution"
+        );
+    }
 }
 
 /// A context's share of the server's memory budget, given back when the context goes.
@@ -73,6 +102,19 @@ fn reserve(budget: &Arc<AtomicU64>, bytes: u64) -> ApiResult<Reservation> {
 }
 
 impl ContextEntry {
+    /// Runs one execution, counted in the metrics and logged with its sandbox, context,
+    /// outcome and duration (never its code or output). Dropping the future cancels it.
+    pub async fn execute(&self, request: ExecuteRequest) -> Result<Execution, codebox::Error> {
+        let mut running = Running {
+            entry: self,
+            started: Instant::now(),
+            outcome: Outcome::Cancelled,
+        };
+        let result = self.context.execute(request).await;
+        running.outcome = Outcome::of(&result);
+        result
+    }
+
     pub fn info(&self) -> ContextInfo {
         ContextInfo {
             id: self.id.clone(),
@@ -193,6 +235,7 @@ impl Sandbox {
 pub(crate) struct Registry {
     pub engine: Engine,
     pub config: ServerConfig,
+    pub metrics: Arc<Metrics>,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     /// Bytes of the memory budget not reserved by a live context.
     memory_left: Arc<AtomicU64>,
@@ -213,6 +256,7 @@ impl Registry {
         Registry {
             engine,
             config,
+            metrics: Arc::default(),
             sandboxes: Mutex::new(HashMap::new()),
             memory_left,
         }
@@ -274,6 +318,7 @@ impl Registry {
             ));
         }
         sandboxes.insert(sandbox.id.clone(), sandbox.clone());
+        tracing::info!(sandbox = %sandbox.id, lifetime_s = lifetime.as_secs(), "sandbox created");
         Ok(sandbox)
     }
 
@@ -310,14 +355,30 @@ impl Registry {
 
     pub fn kill(&self, owner: &Owner, id: &str) -> ApiResult<()> {
         let sandbox = self.get(owner, id)?;
-        self.remove(&sandbox.id);
+        self.remove(&sandbox.id, "killed");
         Ok(())
     }
 
-    fn remove(&self, id: &str) {
-        if let Some(sandbox) = self.lock().remove(id) {
+    /// Removes a sandbox and stops what runs in it; `why` is for the log.
+    fn remove(&self, id: &str, why: &'static str) {
+        let removed = self.lock().remove(id);
+        if let Some(sandbox) = removed {
             let _ = sandbox.killed.send(true);
+            tracing::info!(sandbox = %sandbox.id, reason = why, "sandbox ended");
         }
+    }
+
+    /// Kills every sandbox (at shutdown): running executions stop, streams end.
+    pub fn kill_all(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            self.remove(&id, "shutdown");
+        }
+    }
+
+    /// How many sandboxes are live.
+    pub fn count(&self) -> usize {
+        self.lock().len()
     }
 
     pub fn set_timeout(&self, owner: &Owner, id: &str, timeout: u64) -> ApiResult<Arc<Sandbox>> {
@@ -336,7 +397,7 @@ impl Registry {
             .map(|s| s.id.clone())
             .collect();
         for id in expired {
-            self.remove(&id);
+            self.remove(&id, "expired");
         }
     }
 
@@ -367,6 +428,8 @@ impl Registry {
         let max_per_sandbox = self.config.max_contexts_per_sandbox;
         let count = sandbox.contexts().len();
         let budget = self.memory_left.clone();
+        let metrics = self.metrics.clone();
+        let sandbox_id = sandbox.id.clone();
         async move {
             if count >= max_per_sandbox {
                 return Err(ApiError::new(
@@ -379,9 +442,11 @@ impl Registry {
             let context = engine.create_context(options).await?;
             Ok(Arc::new(ContextEntry {
                 id: random_id("ctx_"),
+                sandbox_id,
                 language,
                 cwd: normalise_cwd(cwd.as_deref()),
                 context,
+                metrics,
                 _memory: memory,
             }))
         }

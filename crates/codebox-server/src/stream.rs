@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use codebox::{DisplayData, ExecuteRequest, Execution, Stream};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::error::{ApiError, ApiResult};
 use crate::sandbox::ContextEntry;
@@ -70,31 +71,34 @@ pub(crate) fn stream(
     mut killed: watch::Receiver<bool>,
 ) -> Response {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-    tokio::spawn(async move {
-        let output_tx = tx.clone();
-        let request = spec.request().on_output(move |stream, text| {
-            let _ = output_tx.send(line(output_event(stream, text)));
-        });
-        let execution = entry.context.execute(request);
-        tokio::pin!(execution);
-        let mut keepalive =
-            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut execution => break Some(outcome),
-                // The client went away: dropping the execution cancels it.
-                _ = tx.closed() => break None,
-                _ = killed.wait_for(|k| *k) => break None,
-                _ = keepalive.tick() => {
-                    let _ = tx.send(line(json!({"type": "keepalive"})));
+    tokio::spawn(
+        async move {
+            let output_tx = tx.clone();
+            let request = spec.request().on_output(move |stream, text| {
+                let _ = output_tx.send(line(output_event(stream, text)));
+            });
+            let execution = entry.execute(request);
+            tokio::pin!(execution);
+            let mut keepalive =
+                tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+            let events = loop {
+                tokio::select! {
+                    outcome = &mut execution => break final_events(outcome, flavor),
+                    // The client went away: dropping the execution cancels it.
+                    _ = tx.closed() => return,
+                    _ = killed.wait_for(|k| *k) => break killed_events(flavor),
+                    _ = keepalive.tick() => {
+                        let _ = tx.send(line(json!({"type": "keepalive"})));
+                    }
                 }
+            };
+            for event in events {
+                let _ = tx.send(line(event));
             }
-        };
-        let Some(outcome) = outcome else { return };
-        for event in final_events(outcome, flavor) {
-            let _ = tx.send(line(event));
         }
-    });
+        // The execution's log line carries the request's id.
+        .instrument(tracing::Span::current()),
+    );
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -118,9 +122,20 @@ pub(crate) async fn whole(
     mut killed: watch::Receiver<bool>,
 ) -> ApiResult<Value> {
     tokio::select! {
-        outcome = entry.context.execute(spec.request()) => Ok(native_execution(&outcome?, &entry.id)),
-        _ = killed.wait_for(|k| *k) => Err(ApiError::not_found("sandbox")),
+        outcome = entry.execute(spec.request()) => Ok(native_execution(&outcome?, &entry.id)),
+        _ = killed.wait_for(|k| *k) => Err(ApiError::new(StatusCode::GONE, "sandbox_killed", KILLED)),
     }
+}
+
+const KILLED: &str =
+    "the sandbox was killed while the code ran (by a request, its lifetime, or server shutdown)";
+
+/// The last events of an execution whose sandbox was killed under it.
+fn killed_events(flavor: Flavor) -> Vec<Value> {
+    vec![
+        json!({"type": "error", "name": "sandbox_killed", "value": KILLED, "traceback": ""}),
+        end_event(flavor, None),
+    ]
 }
 
 fn final_events(outcome: Result<Execution, codebox::Error>, flavor: Flavor) -> Vec<Value> {

@@ -57,7 +57,9 @@ impl Default for Limits {
 pub(crate) const MAX_MEMORY_BYTES: u64 = 4 << 30;
 
 impl Limits {
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+    /// Checks the limits as creating a context does: [`crate::Error::InvalidInput`] names the
+    /// field that is out of range.
+    pub fn validate(&self) -> Result<(), crate::Error> {
         let bad = |m: &str| Err(crate::Error::InvalidInput(m.to_string()));
         if self.timeout.is_zero() {
             return bad("limits.timeout must be greater than zero");
