@@ -6,14 +6,20 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
-/// Creates `dir` (and parents) and makes it private to the current user (0700 on Unix).
+/// Creates `dir` and makes it private to the current user (0700 on Unix). Parents it has to
+/// create (the cache root, say) are made private too; existing ones are left as they are.
 pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
+    #[cfg(not(unix))]
+    fs::create_dir_all(dir)?;
     Ok(())
 }
 
@@ -69,4 +75,30 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn private_dirs_and_the_parents_they_create_are_0700() {
+        let root = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = root.path().join("cache");
+        create_private_dir(&cache.join("compiled")).unwrap();
+        assert_eq!(mode(&cache), 0o700);
+        assert_eq!(mode(&cache.join("compiled")), 0o700);
+        // An existing parent is not the cache's to change.
+        assert_eq!(mode(root.path()), 0o755);
+        // An existing directory is made private.
+        let shared = root.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        create_private_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o700);
+    }
 }
