@@ -660,6 +660,9 @@ fn render(
         s,
         "\n## Reproduce\n\n```sh\ncargo bench --bench compare          # this report (about 5 minutes)\ncargo bench --bench python           # criterion: create, templates, execute_warm, imports, data, HTTP, throughput\ncargo bench --bench javascript       # criterion: JS/TS create, execute_warm, TypeScript transform\ncargo bench --bench python -- --quick\n```\n\n\
          Timings on a shared 2-core machine are noisy: compare medians and ratios, not single runs. \
+         The machine's speed also changes from day to day (the native column shows it: the same \
+         machine type has run fib_27 natively in 23 ms on one day and 50 ms on another), so compare \
+         codebox with native within one report, and ratios across reports. \
          Deterministic regressions are caught by fuel instead (`tests/all/perf.rs`)."
     );
     s
