@@ -183,7 +183,8 @@ impl Server {
 
     /// Serves until `shutdown` completes, then shuts down gracefully: no new connections,
     /// requests in flight get [`ServerConfig::shutdown_grace`] to finish, then every sandbox
-    /// is killed and the connections still open get one more second. Returns when done.
+    /// is killed and the connections still open get one more second. Returns when done; a
+    /// connection that is still open then is not waited for.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -211,8 +212,7 @@ impl Server {
             shutdown.await;
             let _ = stopping_tx.send(true);
         });
-        let serve = std::pin::pin!(serve.into_future());
-        let mut serve = serve;
+        let mut serve = std::pin::pin!(serve.into_future());
         tokio::select! {
             done = &mut serve => return done,
             _ = stopping.wait_for(|s| *s) => {}
@@ -230,7 +230,7 @@ impl Server {
         match tokio::time::timeout(Duration::from_secs(1), &mut serve).await {
             Ok(done) => done,
             Err(_) => {
-                tracing::warn!("connections still open after shutdown; closing them");
+                tracing::warn!("connections still open after shutdown; not waiting for them");
                 Ok(())
             }
         }
