@@ -411,55 +411,92 @@ async fn template_numbers(engine: &Engine, quick: bool) -> Vec<(String, f64, &'s
     out
 }
 
-/// Round trips through the HTTP API on loopback, JSON responses.
-async fn http_numbers(engine: &Engine, n: usize) -> Vec<(String, f64, &'static str)> {
-    use codebox_server::{Server, ServerConfig};
-    use serde_json::{Value, json};
-    let server = Server::bind(
-        engine.clone(),
-        ServerConfig::new(vec!["k".into()]),
-        "127.0.0.1:0",
-    )
-    .await
-    .expect("server");
-    let base = format!("http://{}", server.local_addr());
-    tokio::spawn(server.run());
-    let client = reqwest::Client::new();
-    let post = |path: String, body: Value| {
-        client
-            .post(format!("{base}{path}"))
+/// `codebox serve` on a loopback port, and a client for it that asks for JSON answers.
+struct LoopbackApi {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl LoopbackApi {
+    async fn start(engine: &Engine) -> LoopbackApi {
+        use codebox_server::{Server, ServerConfig};
+        let mut config = ServerConfig::new(vec!["k".into()]);
+        // Each context reserves its memory limit from the server's budget (3/4 of the RAM):
+        // a smaller limit lets the load run's 50 sandboxes fit.
+        config.limits.memory_bytes = 256 << 20;
+        let server = Server::bind(engine.clone(), config, "127.0.0.1:0")
+            .await
+            .expect("server");
+        let base = format!("http://{}", server.local_addr());
+        tokio::spawn(server.run());
+        LoopbackApi {
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> Vec<u8> {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
             .bearer_auth("k")
             .header("Accept", "application/json")
             .json(&body)
             .send()
-    };
-    let sandbox = |body: Value| async {
-        let created: Value = post("/sandboxes".into(), body)
-            .await
-            .unwrap()
-            .json()
             .await
             .unwrap();
-        created["sandboxID"].as_str().unwrap().to_string()
-    };
-    let execute = |id: String| post(format!("/sandboxes/{id}/execute"), json!({"code": "1 + 1"}));
+        response.bytes().await.unwrap().to_vec()
+    }
 
-    let live = sandbox(json!({})).await;
-    execute(live.clone()).await.unwrap();
+    /// Creates a sandbox and returns its id.
+    async fn sandbox(&self, body: serde_json::Value) -> String {
+        let created: serde_json::Value =
+            serde_json::from_slice(&self.post("/sandboxes", body).await).unwrap();
+        created["sandboxID"].as_str().unwrap().to_string()
+    }
+
+    /// Runs `code` and returns the whole answer.
+    async fn execute(&self, id: &str, code: &str) -> Vec<u8> {
+        let answer = self
+            .post(
+                &format!("/sandboxes/{id}/execute"),
+                serde_json::json!({"code": code}),
+            )
+            .await;
+        assert!(answer.starts_with(b"{"), "{answer:?}");
+        answer
+    }
+
+    async fn kill(&self, id: &str) {
+        let url = format!("{}/sandboxes/{id}", self.base);
+        self.client
+            .delete(url)
+            .bearer_auth("k")
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// Round trips through the HTTP API on loopback, JSON responses.
+async fn http_numbers(engine: &Engine, n: usize) -> Vec<(String, f64, &'static str)> {
+    use serde_json::json;
+    let api = LoopbackApi::start(engine).await;
+    let live = api.sandbox(json!({})).await;
+    api.execute(&live, "1 + 1").await;
     let mut round_trips = Vec::new();
     for _ in 0..n * 25 {
         let start = Instant::now();
-        execute(live.clone()).await.unwrap().bytes().await.unwrap();
+        api.execute(&live, "1 + 1").await;
         round_trips.push(start.elapsed().as_secs_f64() * 1e6);
     }
     let mut creates = Vec::new();
     for _ in 0..n {
         let start = Instant::now();
-        let id = sandbox(json!({"template": "stdlib"})).await;
-        execute(id.clone()).await.unwrap().bytes().await.unwrap();
+        let id = api.sandbox(json!({"template": "stdlib"})).await;
+        api.execute(&id, "1 + 1").await;
         creates.push(start.elapsed().as_secs_f64() * 1e3);
-        let url = format!("{base}/sandboxes/{id}");
-        client.delete(url).bearer_auth("k").send().await.unwrap();
+        api.kill(&id).await;
     }
     vec![
         (
@@ -478,42 +515,13 @@ async fn http_numbers(engine: &Engine, n: usize) -> Vec<(String, f64, &'static s
 /// Sustained load: 50 sandboxes, one client each sending `x + 1` back to back over loopback
 /// HTTP for a fixed time. Clients and server share the machine's cores.
 async fn http_load(engine: &Engine, quick: bool) -> Vec<(String, f64, &'static str)> {
-    use codebox_server::{Server, ServerConfig};
-    use serde_json::{Value, json};
     let (sandboxes, seconds) = (50, if quick { 3 } else { 10 });
-    let mut config = ServerConfig::new(vec!["k".into()]);
-    // Each context reserves its memory limit from the server's budget (3/4 of the RAM).
-    config.limits.memory_bytes = 256 << 20;
-    let server = Server::bind(engine.clone(), config, "127.0.0.1:0")
-        .await
-        .expect("server");
-    let base = format!("http://{}", server.local_addr());
-    tokio::spawn(server.run());
-    let client = reqwest::Client::new();
+    let api = LoopbackApi::start(engine).await;
     let mut ids = Vec::new();
     for _ in 0..sandboxes {
-        let created: Value = client
-            .post(format!("{base}/sandboxes"))
-            .bearer_auth("k")
-            .json(&json!({"template": "stdlib"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ids.push(created["sandboxID"].as_str().unwrap().to_string());
-    }
-    let execute = |id: &str, code: &'static str| {
-        client
-            .post(format!("{base}/sandboxes/{id}/execute"))
-            .bearer_auth("k")
-            .header("Accept", "application/json")
-            .json(&json!({"code": code}))
-            .send()
-    };
-    for id in &ids {
-        execute(id, "x = 1").await.unwrap().bytes().await.unwrap();
+        let id = api.sandbox(serde_json::json!({"template": "stdlib"})).await;
+        api.execute(&id, "x = 1").await;
+        ids.push(id);
     }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -521,8 +529,7 @@ async fn http_load(engine: &Engine, quick: bool) -> Vec<(String, f64, &'static s
         let mut latencies = Vec::new();
         while Instant::now() < deadline {
             let sent = Instant::now();
-            let answer = execute(id, "x + 1").await.unwrap().bytes().await.unwrap();
-            assert!(answer.starts_with(b"{"), "{answer:?}");
+            api.execute(id, "x + 1").await;
             latencies.push(sent.elapsed().as_secs_f64() * 1e3);
         }
         latencies

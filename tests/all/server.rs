@@ -51,6 +51,12 @@ impl TestServer {
             .bearer_auth(key)
     }
 
+    /// GETs `path` as key-a and returns the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.get(path, "key-a").send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// Creates a sandbox for key-a and returns its description.
     pub async fn sandbox(&self, body: Value) -> Value {
         let response = self
@@ -540,8 +546,7 @@ async fn a_runaway_execution_does_not_block_health_or_other_sandboxes_and_a_disc
     tokio::time::sleep(Duration::from_millis(300)).await;
     let run = server.run(&busy, "state").await;
     assert_eq!(run["error"]["name"], "NameError", "{run}");
-    let metrics = server.get("/metrics", "key-a").send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = server.get_text("/metrics").await;
     let cancelled = "codebox_executions_total{outcome=\"cancelled\"}";
     assert_eq!(crate::operations::sample(&metrics, cancelled), 1.0);
 }

@@ -12,71 +12,56 @@ use codebox::{ErrorKind, Execution};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Ok,
-    Exception,
-    Timeout,
-    OutOfFuel,
-    MemoryLimit,
-    DiskQuota,
-    Crashed,
-    InvalidResult,
+    /// It ended with an error of this kind: the label is the kind's name.
+    Error(ErrorKind),
     /// The client went away or the sandbox was killed while it ran.
     Cancelled,
     /// The engine refused to run it (the context was closed, say).
     Failed,
 }
 
-const OUTCOMES: [Outcome; 10] = [
-    Outcome::Ok,
-    Outcome::Exception,
-    Outcome::Timeout,
-    Outcome::OutOfFuel,
-    Outcome::MemoryLimit,
-    Outcome::DiskQuota,
-    Outcome::Crashed,
-    Outcome::InvalidResult,
-    Outcome::Cancelled,
-    Outcome::Failed,
-];
+/// One counter per outcome: `ok`, each error kind, `cancelled`, `failed`.
+const OUTCOMES: usize = ErrorKind::ALL.len() + 3;
 
 impl Outcome {
     pub fn of(result: &Result<Execution, codebox::Error>) -> Outcome {
-        let Ok(execution) = result else {
-            return Outcome::Failed;
-        };
-        match execution.error.as_ref().map(|e| e.kind) {
-            None => Outcome::Ok,
-            Some(ErrorKind::Exception) => Outcome::Exception,
-            Some(ErrorKind::Timeout) => Outcome::Timeout,
-            Some(ErrorKind::OutOfFuel) => Outcome::OutOfFuel,
-            Some(ErrorKind::MemoryLimit) => Outcome::MemoryLimit,
-            Some(ErrorKind::DiskQuota) => Outcome::DiskQuota,
-            Some(ErrorKind::Crashed) => Outcome::Crashed,
-            Some(ErrorKind::InvalidResult) => Outcome::InvalidResult,
-            // A kind added to the engine after this list.
-            Some(_) => Outcome::Failed,
+        match result {
+            Err(_) => Outcome::Failed,
+            Ok(execution) => execution
+                .error
+                .as_ref()
+                .map_or(Outcome::Ok, |e| Outcome::Error(e.kind)),
         }
     }
 
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
-            Outcome::Exception => "exception",
-            Outcome::Timeout => "timeout",
-            Outcome::OutOfFuel => "out_of_fuel",
-            Outcome::MemoryLimit => "memory_limit",
-            Outcome::DiskQuota => "disk_quota",
-            Outcome::Crashed => "crashed",
-            Outcome::InvalidResult => "invalid_result",
+            Outcome::Error(kind) => kind.name(),
             Outcome::Cancelled => "cancelled",
             Outcome::Failed => "failed",
         }
     }
 
+    /// Every outcome, in counter order.
+    fn all() -> impl Iterator<Item = Outcome> {
+        std::iter::once(Outcome::Ok)
+            .chain(ErrorKind::ALL.map(Outcome::Error))
+            .chain([Outcome::Cancelled, Outcome::Failed])
+    }
+
     fn index(self) -> usize {
-        OUTCOMES
-            .iter()
-            .position(|o| *o == self)
-            .expect("every outcome is listed")
+        let kinds = ErrorKind::ALL.len();
+        match self {
+            Outcome::Ok => 0,
+            // A kind missing from `ALL` would be a bug in the engine; count it as failed.
+            Outcome::Error(kind) => ErrorKind::ALL
+                .iter()
+                .position(|k| *k == kind)
+                .map_or(kinds + 2, |i| i + 1),
+            Outcome::Cancelled => kinds + 1,
+            Outcome::Failed => kinds + 2,
+        }
     }
 }
 
@@ -90,7 +75,7 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    executions: [AtomicU64; OUTCOMES.len()],
+    executions: [AtomicU64; OUTCOMES],
     /// Cumulative counts per bucket are computed when scraped; these are per bucket, the last
     /// one for durations past every bound.
     duration_buckets: [AtomicU64; BUCKETS.len() + 1],
@@ -132,7 +117,7 @@ impl Metrics {
             "counter",
             "Executions that ended, by outcome.",
         );
-        for outcome in OUTCOMES {
+        for outcome in Outcome::all() {
             let n = self.executions[outcome.index()].load(Relaxed);
             let label = outcome.label();
             let _ = writeln!(out, "codebox_executions_total{{outcome=\"{label}\"}} {n}");
@@ -225,7 +210,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.record_execution(Outcome::Ok, Duration::from_micros(300));
         metrics.record_execution(Outcome::Ok, Duration::from_millis(20));
-        metrics.record_execution(Outcome::Timeout, Duration::from_secs(400));
+        metrics.record_execution(Outcome::Error(ErrorKind::Timeout), Duration::from_secs(400));
         metrics.record_response(200);
         metrics.record_response(404);
         metrics.record_response(429);
@@ -263,6 +248,19 @@ mod tests {
             .parse()
             .unwrap();
         assert!((sum - 400.0203).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn every_outcome_has_its_own_counter_and_label() {
+        let outcomes: Vec<Outcome> = Outcome::all().collect();
+        assert_eq!(outcomes.len(), OUTCOMES);
+        for (i, outcome) in outcomes.iter().enumerate() {
+            assert_eq!(outcome.index(), i, "{outcome:?}");
+        }
+        let mut labels: Vec<_> = outcomes.iter().map(|o| o.label()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), OUTCOMES);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub(crate) fn stream(
                     outcome = &mut execution => break final_events(outcome, flavor),
                     // The client went away: dropping the execution cancels it.
                     _ = tx.closed() => return,
-                    _ = killed.wait_for(|k| *k) => break killed_events(flavor),
+                    _ = killed.wait_for(|k| *k) => break error_events(killed_error(), flavor),
                     _ = keepalive.tick() => {
                         let _ = tx.send(line(json!({"type": "keepalive"})));
                     }
@@ -123,17 +123,22 @@ pub(crate) async fn whole(
 ) -> ApiResult<Value> {
     tokio::select! {
         outcome = entry.execute(spec.request()) => Ok(native_execution(&outcome?, &entry.id)),
-        _ = killed.wait_for(|k| *k) => Err(ApiError::new(StatusCode::GONE, "sandbox_killed", KILLED)),
+        _ = killed.wait_for(|k| *k) => Err(killed_error()),
     }
 }
 
-const KILLED: &str =
-    "the sandbox was killed while the code ran (by a request, its lifetime, or server shutdown)";
+fn killed_error() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "sandbox_killed",
+        "the sandbox was killed while the code ran (by a request, its lifetime, or server shutdown)",
+    )
+}
 
-/// The last events of an execution whose sandbox was killed under it.
-fn killed_events(flavor: Flavor) -> Vec<Value> {
+/// The last events of an execution the server could not run to its end.
+fn error_events(e: ApiError, flavor: Flavor) -> Vec<Value> {
     vec![
-        json!({"type": "error", "name": "sandbox_killed", "value": KILLED, "traceback": ""}),
+        json!({"type": "error", "name": e.code, "value": e.message, "traceback": ""}),
         end_event(flavor, None),
     ]
 }
@@ -141,13 +146,7 @@ fn killed_events(flavor: Flavor) -> Vec<Value> {
 fn final_events(outcome: Result<Execution, codebox::Error>, flavor: Flavor) -> Vec<Value> {
     let execution = match outcome {
         Ok(execution) => execution,
-        Err(e) => {
-            let e = ApiError::from(e);
-            return vec![
-                json!({"type": "error", "name": e.code, "value": e.message, "traceback": ""}),
-                end_event(flavor, None),
-            ];
-        }
+        Err(e) => return error_events(ApiError::from(e), flavor),
     };
     let mut events = Vec::new();
     if flavor == Flavor::E2b {

@@ -120,6 +120,32 @@ pub enum ErrorKind {
     InvalidResult,
 }
 
+impl ErrorKind {
+    /// Every kind, in the order declared (extend it with the enum).
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Exception,
+        ErrorKind::Timeout,
+        ErrorKind::OutOfFuel,
+        ErrorKind::MemoryLimit,
+        ErrorKind::DiskQuota,
+        ErrorKind::Crashed,
+        ErrorKind::InvalidResult,
+    ];
+
+    /// The kind's name as it is serialised: `exception`, `timeout`, `out_of_fuel`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Exception => "exception",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::OutOfFuel => "out_of_fuel",
+            ErrorKind::MemoryLimit => "memory_limit",
+            ErrorKind::DiskQuota => "disk_quota",
+            ErrorKind::Crashed => "crashed",
+            ErrorKind::InvalidResult => "invalid_result",
+        }
+    }
+}
+
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,5 +168,22 @@ mod duration_secs {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
         Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind;
+
+    #[test]
+    fn error_kind_names_are_their_serialised_names() {
+        for kind in ErrorKind::ALL {
+            let serialised = serde_json::to_value(kind).unwrap();
+            assert_eq!(serialised, kind.name(), "{kind:?}");
+        }
+        let mut names: Vec<_> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
     }
 }
