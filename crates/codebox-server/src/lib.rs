@@ -12,19 +12,13 @@
 //! ```
 #![deny(missing_docs)]
 
-mod api;
-mod auth;
 mod e2b;
-mod error;
-mod extract;
+mod http;
 mod metrics;
-mod openapi;
-mod request_log;
+mod native;
 mod sandbox;
-mod stream;
 #[cfg(test)]
 mod tests;
-mod upload;
 mod util;
 
 use std::net::SocketAddr;
@@ -35,8 +29,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt as _;
 use codebox::{Engine, Limits};
 
-use crate::auth::Keys;
-use crate::sandbox::Registry;
+use crate::http::App;
 
 /// Server settings. Every field has a documented default.
 #[derive(Debug, Clone)]
@@ -124,21 +117,6 @@ fn physical_memory() -> u64 {
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .map_or(8 << 30, |kib| kib * 1024)
-}
-
-/// Shared state of the handlers.
-pub(crate) struct App {
-    pub registry: Registry,
-    pub keys: Keys,
-}
-
-impl App {
-    fn new(engine: Engine, config: ServerConfig) -> App {
-        App {
-            keys: Keys::new(&config.api_keys),
-            registry: Registry::new(engine, config),
-        }
-    }
 }
 
 /// A server bound to a socket, ready to run.
@@ -238,10 +216,10 @@ impl Server {
 }
 
 fn router(app: Arc<App>) -> axum::Router {
-    api::routes(app.clone())
+    native::routes(app.clone())
         .merge(e2b::routes(app.clone()))
         .layer(axum::middleware::from_fn_with_state(
             app,
-            request_log::log_requests,
+            http::request_log::log_requests,
         ))
 }

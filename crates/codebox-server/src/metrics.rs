@@ -16,7 +16,7 @@ pub(crate) enum Outcome {
     Error(ErrorKind),
     /// The client went away or the sandbox was killed while it ran.
     Cancelled,
-    /// The engine refused to run it (the context was closed, say).
+    /// The engine refused to run it.
     Failed,
 }
 
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn an_engine_error_is_a_failed_execution() {
         assert_eq!(
-            Outcome::of(&Err(codebox::Error::ContextClosed)),
+            Outcome::of(&Err(codebox::Error::InvalidInput("refused".into()))),
             Outcome::Failed
         );
         let text = Metrics::default().render(&Gauges {

@@ -12,7 +12,8 @@ use codebox::Engine;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::{App, ServerConfig, router};
+use crate::http::App;
+use crate::{ServerConfig, router};
 
 /// One engine for the whole test binary; contexts boot the plain runtime (no templates, so
 /// no background builds).

@@ -1,6 +1,21 @@
-//! Ids and timestamps.
+//! Small helpers every layer uses: random ids, RFC 3339 timestamps, locks that survive a
+//! panic, and clipping client-sent names before they go into an error message.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Locks `mutex`, also after a thread panicked while holding it: the data behind the server's
+/// locks (lists, a timestamp) is valid after any step, so a panic elsewhere must not make
+/// every later request fail.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// At most `max` characters of `s`: hostile clients send long names, and an error message
+/// quotes them.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
 
 /// A random id: `prefix` + 32 hex digits (128 bits from the OS).
 pub(crate) fn random_id(prefix: &str) -> String {
@@ -56,6 +71,12 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00.000000Z"
         );
+    }
+
+    #[test]
+    fn clips_by_characters() {
+        assert_eq!(clip("héllo", 2), "hé");
+        assert_eq!(clip("ab", 40), "ab");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument as _;
 
-use crate::App;
+use super::App;
 use crate::util::random_id;
 
 const REQUEST_ID: &str = "x-request-id";

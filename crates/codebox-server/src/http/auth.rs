@@ -4,9 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-/// Who made a request: the digest of the key it presented, which also owns sandboxes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Owner(pub [u8; 32]);
+use crate::sandbox::Owner;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
@@ -20,7 +18,7 @@ impl Keys {
         }
     }
 
-    /// The owner for `presented`, if it is a known key.
+    /// The owner for `presented` (the key's digest), if it is a known key.
     pub fn check(&self, presented: &str) -> Option<Owner> {
         let d = digest(presented);
         let mut found = None;

@@ -8,9 +8,10 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::App;
-use crate::auth::{Owner, bearer};
-use crate::error::ApiError;
+use super::App;
+use super::auth::bearer;
+use super::error::ApiError;
+use crate::sandbox::Owner;
 
 /// A JSON body; malformed JSON, unknown fields, wrong types and oversized bodies are 4xx.
 pub(crate) struct ApiJson<T>(pub T);

@@ -1,0 +1,95 @@
+//! Process emulation. A sandbox has no processes, but agents ask for `python3 -c CODE`,
+//! `python3 script.py`, `node -e CODE` and `node script.js`; each runs as a script (no echoed
+//! last value) in a fresh context of the sandbox, and answers like a finished process:
+//! stdout, stderr with the error, and an exit code.
+
+use codebox::Language;
+
+use super::run::{execute_request, execution_timeout};
+use super::{Registry, Sandbox, SandboxError};
+use crate::util::clip;
+
+/// A command line to emulate.
+#[derive(Debug)]
+pub(crate) struct Command {
+    /// The program: `python3`, `python`, `node`, or a path ending in one of them.
+    pub program: String,
+    pub args: Vec<String>,
+    /// Seconds; `None` for the context's limit.
+    pub timeout: Option<f64>,
+}
+
+/// What a finished process reports.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ProcessOutput {
+    pub stdout: String,
+    /// The guest's stderr, then the error (traceback) if the script failed.
+    pub stderr: String,
+    /// `sys.exit`'s status; 1 after an error; else 0.
+    pub exit_code: i32,
+}
+
+impl Registry {
+    /// Runs `command` in a fresh context of `sandbox`, which goes when it ends.
+    pub async fn run_process(
+        &self,
+        sandbox: &Sandbox,
+        command: Command,
+    ) -> Result<ProcessOutput, SandboxError> {
+        let timeout = execution_timeout(&self.config, command.timeout)?;
+        let base = command.program.rsplit('/').next().unwrap_or("");
+        let (language, inline_flag) = match base {
+            "python" | "python3" => (Language::Python, "-c"),
+            "node" => (Language::JavaScript, "-e"),
+            _ => {
+                return Err(SandboxError::UnknownCommand {
+                    command: clip(&command.program, 60),
+                });
+            }
+        };
+        let source = match command.args.as_slice() {
+            [flag, code, ..] if flag == inline_flag => code.clone(),
+            [script, ..] if !script.starts_with('-') => {
+                String::from_utf8(sandbox.home.read(script)?)
+                    .map_err(|_| SandboxError::InvalidInput("the script is not UTF-8".into()))?
+            }
+            _ => {
+                return Err(SandboxError::InvalidInput(format!(
+                    "give {inline_flag} CODE or a script path"
+                )));
+            }
+        };
+        // A process does not echo its last value.
+        let code = match language {
+            Language::Python => {
+                format!(
+                    "exec(compile({}, '<string>', 'exec'))",
+                    python_string_literal(&source)
+                )
+            }
+            _ => format!("{source}\n;undefined"),
+        };
+        let entry = self.new_context(sandbox, language, None, None).await?;
+        let run = entry.execute(execute_request(code, timeout)).await?;
+        let mut stderr = run.stderr;
+        if let Some(error) = &run.error {
+            stderr.push_str(&error.to_string());
+            stderr.push('\n');
+        }
+        let exit_code = match (run.exit_status, &run.error) {
+            (Some(status), _) => status,
+            (None, Some(_)) => 1,
+            (None, None) => 0,
+        };
+        Ok(ProcessOutput {
+            stdout: run.stdout,
+            stderr,
+            exit_code,
+        })
+    }
+}
+
+/// `s` as a Python string literal (JSON string syntax is valid Python for these escapes).
+fn python_string_literal(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
