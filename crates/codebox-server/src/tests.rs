@@ -367,3 +367,166 @@ fn metrics_count_executions_and_the_log_names_ids_never_code() {
         && l["span"]["path"] == "/nowhere"
         && l["span"]["method"] == "GET"));
 }
+
+/// The sorted keys of a JSON object.
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// POSTs `body` without asking for JSON and returns the streamed lines.
+async fn stream(app: &Router, path: &str, key: &str, body: Value) -> Vec<Value> {
+    let mut request = Request::post(path).header("content-type", "application/json");
+    if !key.is_empty() {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn executions_keep_their_wire_shapes_in_both_apis() {
+    let app = app();
+    let created = call(&app, Method::POST, "/sandboxes", "key-a", Some("{}")).await;
+    let sandbox = created.json();
+    let id = sandbox["sandboxID"].as_str().unwrap();
+    let execute = format!("/sandboxes/{id}/execute");
+
+    // The native API: one object with `Accept: application/json`...
+    let body = json!({"code": "print('out')\n6 * 7"}).to_string();
+    let whole = call(&app, Method::POST, &execute, "key-a", Some(&body))
+        .await
+        .json();
+    assert_eq!(
+        keys(&whole),
+        [
+            "contextId",
+            "contextRestarted",
+            "durationMs",
+            "error",
+            "executionCount",
+            "exitStatus",
+            "fuelConsumed",
+            "results",
+            "stderr",
+            "stderrTruncated",
+            "stdout",
+            "stdoutTruncated"
+        ],
+        "{whole}"
+    );
+    assert!(whole["contextId"].as_str().unwrap().starts_with("ctx_"));
+    assert_eq!(whole["stdout"], "out\n");
+    assert_eq!(whole["error"], Value::Null);
+    assert_eq!(keys(&whole["results"][0]), ["data", "isMainResult"]);
+    assert_eq!(whole["results"][0]["data"]["text/plain"], "42");
+    assert_eq!(whole["results"][0]["isMainResult"], true);
+    let ms = whole["durationMs"].as_f64().unwrap();
+    assert!(ms > 0.0 && ms < 600_000.0, "{whole}");
+    let body = json!({"code": "1 / 0"}).to_string();
+    let failed = call(&app, Method::POST, &execute, "key-a", Some(&body))
+        .await
+        .json();
+    assert_eq!(
+        keys(&failed["error"]),
+        ["kind", "name", "traceback", "value"]
+    );
+    assert_eq!(failed["error"]["kind"], "exception");
+    assert_eq!(failed["executionCount"], 2);
+
+    // ... or NDJSON events.
+    let events = stream(
+        &app,
+        &execute,
+        "key-a",
+        json!({"code": "print('a')\n6 * 7"}),
+    )
+    .await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["stdout", "result", "end"], "{events:?}");
+    assert_eq!(keys(&events[0]), ["text", "timestamp", "type"]);
+    assert_eq!(keys(&events[1]), ["data", "isMainResult", "type"]);
+    // `end` carries the accounting under the names of the whole answer, with its values.
+    let end = &events[2];
+    assert_eq!(
+        keys(end),
+        [
+            "contextRestarted",
+            "durationMs",
+            "executionCount",
+            "exitStatus",
+            "fuelConsumed",
+            "stderrTruncated",
+            "stdoutTruncated",
+            "type"
+        ]
+    );
+    assert_eq!(end["executionCount"], 3);
+    let events = stream(&app, &execute, "key-a", json!({"code": "1 / 0"})).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["error", "end"], "{events:?}");
+    assert_eq!(
+        keys(&events[0]),
+        ["kind", "name", "traceback", "type", "value"]
+    );
+    assert_eq!(events[0]["name"], "ZeroDivisionError");
+
+    // E2B: its own event names, snake_case, results spread over E2B's fields.
+    let e2b = format!("{}/execute", sandbox["e2bPath"].as_str().unwrap());
+    let code = json!({"code": "print('b')\n6 * 7", "context_id": null, "language": null, "env_vars": null});
+    let events = stream(&app, &e2b, "", code).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "stdout",
+            "number_of_executions",
+            "result",
+            "end_of_execution"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(keys(&events[0]), ["text", "timestamp", "type"]);
+    assert_eq!(events[1]["execution_count"], 5);
+    assert_eq!(
+        keys(&events[2]),
+        ["extra", "is_main_result", "text", "type"]
+    );
+    assert_eq!(events[2]["text"], "42");
+    assert_eq!(keys(&events[3]), ["type"]);
+    let events = stream(&app, &e2b, "", json!({"code": "1 / 0"})).await;
+    assert_eq!(keys(&events[1]), ["name", "traceback", "type", "value"]);
+    assert_eq!(events[1]["value"], "division by zero");
+    // A refused execution ends the stream... before it starts: a 4xx.
+    let refused = call(
+        &app,
+        Method::POST,
+        &e2b,
+        "",
+        Some(r#"{"code": "1", "language": "cobol"}"#),
+    )
+    .await;
+    assert_eq!(
+        refused.error(),
+        (StatusCode::BAD_REQUEST, "unknown_language".into())
+    );
+}
