@@ -10,6 +10,50 @@
 //! server.run().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Concept map
+//!
+//! One sandbox layer, several front ends over it:
+//!
+//! - `sandbox/`: the sandbox layer, with no HTTP in it. The registry of live sandboxes
+//!   (ownership, lifetimes, caps, the memory budget), the contexts in them, the choice of the
+//!   context an execution goes to (`RunRequest`), process emulation (`python3 -c`, `node -e`,
+//!   scripts) as script-mode executions, streamed uploads, and the hook that counts and logs
+//!   every execution. It fails with one typed error, `SandboxError`.
+//! - `http/`: what the HTTP front ends share, none of it tied to one wire format: API keys,
+//!   extractors, the `{"error", "message"}` answer and the status of each `SandboxError`,
+//!   the request log, uploads, and NDJSON streaming driven by a front end's `EventShape`.
+//! - Front ends, each routes plus serde wire structs over the sandbox layer: `native/` (the
+//!   native API and its OpenAPI document; an execution is the engine's own serialisation of
+//!   `codebox::Execution` plus `contextId`) and `e2b/` (the E2B code interpreter and envd
+//!   filesystem routes under `/e2b/{accessToken}`).
+//! - `metrics.rs` (counters and the Prometheus text) and `util.rs` (ids, timestamps, locks)
+//!   are leaves every layer uses.
+//!
+//! # Adding a front end
+//!
+//! For example the OpenSandbox API in `opensandbox/`, or MCP in `mcp/`:
+//!
+//! 1. Make the folder: `mod.rs` with `routes(app: Arc<App>) -> Router` (a `//!` doc saying
+//!    what clients it serves and how they authenticate) and `wire.rs` with its serde request
+//!    and answer structs. Handlers parse a wire struct, call the sandbox layer (`Registry`,
+//!    `Sandbox`, `RunRequest::resolve`, `Registry::run_process`) and answer wire structs built
+//!    from its types (`From<&Sandbox>`, `From<&ContextEntry>`, a struct that flattens
+//!    `codebox::Execution`); no `json!` for answers.
+//! 2. Errors: map `SandboxError` to the front end's status and body. `http::error::ApiError`
+//!    is the `{"error", "message"}` answer with the native table of statuses and codes; a
+//!    front end with its own error body writes its own type with `From<SandboxError>` (as
+//!    `e2b/filesystem.rs` does for Connect errors). The shared extractors (`ApiJson`,
+//!    `ApiQuery`, `Caller`) reject with `ApiError`.
+//! 3. Streaming: implement `http::stream::EventShape` (what the closing lines say; output
+//!    chunks and keepalives have defaults) and answer `http::stream::ndjson::<YourShape>`.
+//! 4. Mount it: `mod` it in `lib.rs` and merge its `routes` in `router()`. If its paths carry
+//!    a credential, blank it in `http/request_log.rs`'s `loggable_path`.
+//! 5. Tests: router tests through `oneshot` in `src/tests.rs`, and a module over a real
+//!    socket (or the front end's own client) in `tests/all/`, listed in `tests/all/main.rs`.
+//! 6. Docs: this list, the crate line in `crates/README.md`, and the README's API section.
+//!
+//! A front end that is not HTTP (MCP over stdio) uses `sandbox/` alone.
 #![deny(missing_docs)]
 
 mod e2b;
