@@ -67,7 +67,7 @@ impl From<codebox::Error> for ApiError {
             E::TooManyContexts { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_contexts", message)
             }
-            E::ContextClosed => ApiError::new(StatusCode::CONFLICT, "context_closed", message),
+            E::UnknownTemplate { .. } => ApiError::bad_request("invalid_input", message),
             E::Template { .. } => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "template_failed",
