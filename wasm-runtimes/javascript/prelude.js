@@ -2,8 +2,9 @@
 //
 // Evaluated once per context as a module. It gives cells a Node-like console (inspect
 // formatting, stdout/stderr), timers, `display()`, a small synchronous `fs` over /home/user
-// (also through `require('fs')`), and `globalThis.__codebox.report(...)`, which the host calls
-// after each cell to turn its outcome into a JSON report.
+// (also through `require('fs')`), and `globalThis.__codebox`: `setup(seed, env)`, which the
+// host calls once per context, and `fulfilled(outcome)` / `threw(error)`, which it calls after
+// each cell to turn its outcome into a JSON report.
 import * as std from "std";
 import * as os from "os";
 

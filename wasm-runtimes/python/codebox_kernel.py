@@ -502,13 +502,15 @@ def _compile_cell(source, filename):
 
 
 def _fetch_cell():
-    """The cell's source and the environment variables for this execution only.
+    """The cell's source, the environment variables for this execution only, and whether
+    it runs as a script.
 
     The host answers with a JSON header line, then the source."""
     blob = _host.call(b'{"op":"code"}')
     header, _, source = blob.partition(b"\n")
-    env = json.loads(header).get("env") if header != b"{}" else None
-    return source.decode("utf-8", "surrogateescape"), env
+    options = json.loads(header) if header != b"{}" else {}
+    script = options.get("mode") == "script"
+    return source.decode("utf-8", "surrogateescape"), options.get("env"), script
 
 
 # The host's turn that runs a cell; `_fast_turns` recognises it by this exact text.
@@ -540,13 +542,13 @@ def _fast_turns():
 
 def run():
     """One execution: fetch the cell from the host, run it, report."""
-    source, env = _fetch_cell()
+    source, env, script = _fetch_cell()
     if not env:
-        return _run_cell(source)
+        return _run_cell(source, script)
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        return _run_cell(source)
+        return _run_cell(source, script)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -555,14 +557,19 @@ def run():
                 os.environ[key] = value
 
 
-def _run_cell(source):
+def _run_cell(source, script=False):
+    """Runs a cell; a script (as `python3 -c` runs one) shows no value and its tracebacks
+    name the file `<string>`."""
     global _count
     _count += 1
-    filename = f"<cell {_count}>"
+    filename = "<string>" if script else f"<cell {_count}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = sys.modules["__main__"].__dict__
     try:
-        body, last = _compile_cell(source, filename)
+        if script:
+            body, last = compile(source, filename, "exec"), None
+        else:
+            body, last = _compile_cell(source, filename)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         _report_error(exc, compiling=True)
         return

@@ -81,7 +81,7 @@ fn uploads_go_to_the_named_destination_and_json_output_parses() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["results"][0]["data"]["text/plain"], "'payload'");
-    assert_eq!(json["execution_count"], 1);
+    assert_eq!(json["executionCount"], 1);
 }
 
 #[test]

@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn an_engine_error_is_a_failed_execution() {
         assert_eq!(
-            Outcome::of(&Err(codebox::Error::InvalidInput("refused".into()))),
+            Outcome::of(&Err(codebox::Error::TooManyContexts { limit: 1 })),
             Outcome::Failed
         );
         let text = Metrics::default().render(&Gauges {

@@ -49,10 +49,6 @@ pub enum Error {
         limit: usize,
     },
 
-    /// The context was closed, or its guest ended (`exit()`) and could not be restarted.
-    #[error("the context is closed")]
-    ContextClosed,
-
     /// An argument was rejected before anything ran.
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -80,8 +76,18 @@ pub enum Error {
         quota_bytes: u64,
     },
 
-    /// A template could not be built or used: its setup failed, it failed the build gate, or
-    /// it does not exist. Nothing is stored for a template that failed.
+    /// No template has this name: it is neither built in (`stdlib`, `data`) nor stored.
+    #[error(
+        "there is no template named {name:?}; build it first (`codebox template build`) or use \
+         \"data\" or \"stdlib\""
+    )]
+    UnknownTemplate {
+        /// The name asked for.
+        name: String,
+    },
+
+    /// A template could not be built or used: its setup failed or it failed the build gate.
+    /// Nothing is stored for a template that failed.
     #[error("template {name:?}: {message}")]
     Template {
         /// The template's name.
@@ -100,9 +106,15 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// An unexpected failure inside the engine; the message says what failed.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// An unexpected failure inside the engine.
+    #[error("internal error: {message}")]
+    Internal {
+        /// What failed, followed by the cause's text when there is a cause.
+        message: String,
+        /// The error that caused it, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl Error {
@@ -113,7 +125,49 @@ impl Error {
         }
     }
 
-    pub(crate) fn internal(e: impl std::fmt::Display) -> Error {
-        Error::Internal(format!("{e:#}"))
+    /// An internal error without an underlying cause.
+    pub(crate) fn internal(message: impl Into<String>) -> Error {
+        Error::Internal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An internal error: `what` failed because of `source`, which is kept.
+    pub(crate) fn internal_from(
+        what: &str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        let source = source.into();
+        let mut message = format!("{what}: {source}");
+        let mut cause = source.source();
+        while let Some(next) = cause {
+            message.push_str(&format!(": {next}"));
+            cause = next.source();
+        }
+        Error::Internal {
+            message,
+            source: Some(source),
+        }
+    }
+
+    /// A step of a template build failed; the template's name is filled in by
+    /// [`Error::for_template`] where the build starts.
+    pub(crate) fn template_step(message: impl Into<String>) -> Error {
+        Error::Template {
+            name: String::new(),
+            message: message.into(),
+        }
+    }
+
+    /// Names the template of a failed build step.
+    pub(crate) fn for_template(self, name: &str) -> Error {
+        match self {
+            Error::Template { message, .. } => Error::Template {
+                name: name.into(),
+                message,
+            },
+            other => other,
+        }
     }
 }

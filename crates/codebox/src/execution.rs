@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 ///
 /// The guest's output stays attached whatever happened: an execution that raised, timed out
 /// or ran out of fuel still carries the stdout and stderr written before it stopped.
+///
+/// Serialised in camelCase (`executionCount`, `durationMs` in milliseconds, `isMainResult`,
+/// ...): the one JSON shape of an execution, on the HTTP API and in `codebox run --json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Execution {
     /// Everything written to stdout (up to the output limit).
     pub stdout: String,
@@ -25,7 +29,7 @@ pub struct Execution {
     /// It starts again at 1 after a restart.
     pub execution_count: u64,
     /// Wall-clock time the execution took.
-    #[serde(with = "duration_secs")]
+    #[serde(with = "duration_ms", rename = "durationMs")]
     pub duration: Duration,
     /// Fuel burned, when the engine meters fuel.
     pub fuel_consumed: Option<u64>,
@@ -58,6 +62,7 @@ impl Execution {
 
 /// One result: a MIME bundle as in Jupyter's display protocol.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DisplayData {
     /// MIME type to representation, e.g. `text/plain` to the value's `repr()`.
     pub data: BTreeMap<String, serde_json::Value>,
@@ -156,24 +161,68 @@ pub enum Stream {
     Stderr,
 }
 
-mod duration_secs {
+/// A duration as fractional milliseconds.
+mod duration_ms {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
+        s.serialize_f64(d.as_secs_f64() * 1e3)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+        let ms = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(ms / 1e3).map_err(serde::de::Error::custom)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ErrorKind;
+    use super::*;
+
+    #[test]
+    fn an_execution_has_one_camel_case_shape_that_round_trips() {
+        let execution = Execution {
+            stdout: "hi\n".into(),
+            results: vec![DisplayData {
+                data: [("text/plain".to_string(), "2".into())].into(),
+                is_main_result: true,
+            }],
+            execution_count: 3,
+            duration: Duration::from_micros(1500),
+            context_restarted: true,
+            ..Execution::default()
+        };
+        let json = serde_json::to_value(&execution).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "contextRestarted",
+                "durationMs",
+                "error",
+                "executionCount",
+                "exitStatus",
+                "fuelConsumed",
+                "results",
+                "stderr",
+                "stderrTruncated",
+                "stdout",
+                "stdoutTruncated"
+            ]
+        );
+        assert_eq!(json["durationMs"], 1.5);
+        assert_eq!(json["results"][0]["isMainResult"], true);
+        let back: Execution = serde_json::from_value(json).unwrap();
+        assert_eq!(back.duration, execution.duration);
+        assert_eq!(back.results, execution.results);
+    }
 
     #[test]
     fn error_kind_names_are_their_serialised_names() {

@@ -13,7 +13,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::error::Error;
 
 /// The guest's home directory, where host paths are rooted.
 pub const GUEST_HOME: &str = "/home/user";
@@ -106,7 +106,7 @@ impl HomeDir {
         let tmp_name = format!(
             ".{}.codebox-upload-{}",
             name.to_string_lossy(),
-            unique_suffix()
+            crate::fsutil::unique_suffix()
         );
         let tmp = parent.map_or_else(|| PathBuf::from(&tmp_name), |p| p.join(&tmp_name));
         let result = (|| {
@@ -303,16 +303,6 @@ fn fs_error(path: &str, e: std::io::Error) -> Error {
             e,
         ),
     }
-}
-
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Bytes of the regular files under `root`, not following symlinks.

@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Creates `dir` and makes it private to the current user (0700 on Unix). Parents it has to
 /// create (the cache root, say) are made private too; existing ones are left as they are.
@@ -101,4 +101,13 @@ mod tests {
         create_private_dir(&shared).unwrap();
         assert_eq!(mode(&shared), 0o700);
     }
+}
+
+/// A name suffix no other file or directory of this machine has had: `r`, this process's id
+/// and a counter, in hex (the directory pools' sweep reads the id back).
+pub(crate) fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("r{:x}-{n:x}", std::process::id())
 }

@@ -91,6 +91,8 @@ pub(crate) struct Door {
     pub code: String,
     /// Environment variables for this execution only.
     pub env: BTreeMap<String, String>,
+    /// Run the code as a script (no value shown, `<string>` in tracebacks).
+    pub script: bool,
     pub results: Vec<DisplayData>,
     pub error: Option<GuestError>,
     /// A malformed or oversized report; the execution's error says so.
@@ -131,11 +133,14 @@ impl Door {
         match request {
             Request::Code => {
                 // A JSON header line, then the source.
-                let header = if self.env.is_empty() {
-                    "{}".to_string()
-                } else {
-                    serde_json::json!({ "env": self.env }).to_string()
-                };
+                let mut header = serde_json::Map::new();
+                if !self.env.is_empty() {
+                    header.insert("env".into(), serde_json::json!(self.env));
+                }
+                if self.script {
+                    header.insert("mode".into(), "script".into());
+                }
+                let header = serde_json::Value::Object(header).to_string();
                 let code = std::mem::take(&mut self.code);
                 Ok([header.as_bytes(), b"\n", code.as_bytes()].concat())
             }
@@ -338,12 +343,15 @@ impl WriteForwarding {
         Ok(WriteForwarding { wasi, shim })
     }
 
-    /// Instantiates the shim over `memory` (the interpreter's) in `store`.
+    /// Instantiates the shim over `instance`'s memory in `store`; returns that memory.
     pub(crate) async fn bind(
         &self,
         store: &mut wasmtime::Store<HostState>,
-        memory: Memory,
-    ) -> Result<()> {
+        instance: wasmtime::Instance,
+    ) -> Result<Memory> {
+        let memory = instance
+            .get_memory(&mut *store, "memory")
+            .ok_or_else(|| format_err!("the guest exports no memory"))?;
         let mut linker = Linker::new(store.engine());
         linker.define(&mut *store, "env", "memory", memory)?;
         for name in ["fd_write", "fd_pwrite"] {
@@ -354,7 +362,7 @@ impl WriteForwarding {
         let write = shim.get_typed_func(&mut *store, "fd_write")?;
         let pwrite = shim.get_typed_func(&mut *store, "fd_pwrite")?;
         store.data_mut().forward = Some(Forward { write, pwrite });
-        Ok(())
+        Ok(memory)
     }
 }
 

@@ -37,7 +37,7 @@ pub struct Limits {
     /// Bytes the context's writable directories (`/home/user` and `/tmp`) may hold together.
     /// Default 1 GiB. Writes past it fail inside the guest with `OSError: [Errno 28] No space
     /// left on device`; host file uploads past it fail with
-    /// [`Error::DiskQuota`](crate::Error::DiskQuota).
+    /// [`Error::DiskQuota`](crate::error::Error::DiskQuota).
     pub disk_bytes: u64,
 }
 
@@ -57,10 +57,10 @@ impl Default for Limits {
 pub(crate) const MAX_MEMORY_BYTES: u64 = 4 << 30;
 
 impl Limits {
-    /// Checks the limits as creating a context does: [`crate::Error::InvalidInput`] names the
+    /// Checks the limits as creating a context does: [`crate::error::Error::InvalidInput`] names the
     /// field that is out of range.
-    pub fn validate(&self) -> Result<(), crate::Error> {
-        let bad = |m: &str| Err(crate::Error::InvalidInput(m.to_string()));
+    pub fn validate(&self) -> Result<(), crate::error::Error> {
+        let bad = |m: &str| Err(crate::error::Error::InvalidInput(m.to_string()));
         if self.timeout.is_zero() {
             return bad("limits.timeout must be greater than zero");
         }

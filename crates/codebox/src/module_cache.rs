@@ -12,10 +12,10 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use wasmtime::Module;
 
-use crate::Error;
+use crate::digest::hex;
+use crate::error::Error;
 use crate::fsutil;
 use crate::progress::Progress;
-use crate::runtime::hex;
 
 /// Feeds `Hash` output into sha256, so the key is stable across processes and Rust versions.
 struct Sha256Hasher(Sha256);
@@ -77,12 +77,14 @@ pub(crate) fn load_or_create(
         return Ok(module);
     }
     let module = create()?;
-    let bytes = module.serialize().map_err(Error::internal)?;
+    let bytes = module
+        .serialize()
+        .map_err(|e| Error::internal_from("serializing a compiled module", e))?;
     drop(module);
     fsutil::write_atomically(&path, &bytes)?;
     // The stored file is mapped rather than held in memory, and shared between processes.
     try_load(engine, &path).ok_or_else(|| {
-        Error::Internal(format!(
+        Error::internal(format!(
             "{} cannot be loaded after compiling",
             path.display()
         ))

@@ -11,7 +11,7 @@ use wasmtime_wasi_io::bytes::Bytes;
 use wasmtime_wasi_io::poll::Pollable;
 use wasmtime_wasi_io::streams::{OutputStream, StreamResult};
 
-use crate::Stream;
+use crate::execution::Stream;
 
 /// Receives output chunks as the guest writes them. Chunks are whole UTF-8 text (a character
 /// split across two writes is held back until it is complete). Called on the executing
@@ -45,6 +45,25 @@ pub(crate) struct Captured {
 }
 
 pub(crate) type SharedCapture = Arc<Mutex<Capture>>;
+
+/// Starts capturing one execution (or start-up turn) of at most `limit` bytes per stream.
+pub(crate) fn start(capture: &SharedCapture, limit: usize) {
+    start_streaming(capture, limit, None);
+}
+
+/// Like [`start`], forwarding each chunk to `on_output` as it is written.
+pub(crate) fn start_streaming(
+    capture: &SharedCapture,
+    limit: usize,
+    on_output: Option<OutputCallback>,
+) {
+    crate::sync::lock(capture).start(limit, on_output);
+}
+
+/// Ends the capture and returns what was written.
+pub(crate) fn finish(capture: &SharedCapture) -> Captured {
+    crate::sync::lock(capture).finish()
+}
 
 impl Capture {
     pub(crate) fn start(&mut self, limit: usize, on_output: Option<OutputCallback>) {
@@ -168,7 +187,7 @@ impl StdoutStream for GuestStream {
 impl GuestStream {
     fn write_now(&self, buf: &[u8]) {
         let (chunk, callback) = {
-            let mut capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+            let mut capture = crate::sync::lock(&self.capture);
             let chunk = capture.write(self.stream, buf);
             (chunk, capture.on_output.clone())
         };

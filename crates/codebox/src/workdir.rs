@@ -62,7 +62,7 @@ impl DirPool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.free)
     }
 }
 
@@ -97,7 +97,11 @@ impl WorkDir {
             }
         }
         let parent = self.path.parent().unwrap_or(Path::new("/"));
-        let renamed = parent.join(format!("{}{}", self.pool.prefix, unique_suffix()));
+        let renamed = parent.join(format!(
+            "{}{}",
+            self.pool.prefix,
+            crate::fsutil::unique_suffix()
+        ));
         // Never onto an existing path: `rename` would replace an empty directory there.
         if fs::symlink_metadata(&renamed).is_ok() {
             return Err(io::Error::other("the new name is taken"));
@@ -151,14 +155,6 @@ fn sweep(dir: &Path, prefix: &str) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// A name suffix no other directory has had: this process's id and a counter.
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("r{:x}-{n:x}", std::process::id())
 }
 
 #[cfg(test)]

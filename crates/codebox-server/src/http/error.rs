@@ -105,7 +105,8 @@ fn engine_status(e: &codebox::Error) -> (StatusCode, &'static str) {
         E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         E::DiskQuota { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_quota"),
         E::TooManyContexts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_contexts"),
-        E::ContextClosed => (StatusCode::CONFLICT, "context_closed"),
+        // An unknown template was `InvalidInput` before the engine named it; the code stays.
+        E::UnknownTemplate { .. } => (StatusCode::BAD_REQUEST, "invalid_input"),
         E::Template { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "template_failed"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }

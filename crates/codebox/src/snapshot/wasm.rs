@@ -1,8 +1,8 @@
-//! What a template build needs to know about the plain Python module, read from its code
-//! rather than assumed: where the reactor keeps its per-turn flags, and which internal
-//! functions reset wasi-libc's state. Anything that does not look as expected is an error
-//! naming what differs, so a different runtime build fails loudly instead of being patched
-//! at a wrong address.
+//! What a snapshot build needs to know about a guest module, read from its code rather than
+//! assumed: where the Python reactor keeps its per-turn flags, which internal functions reset
+//! wasi-libc's state, and how to export an internal function. Anything that does not look as
+//! expected is an error naming what differs, so a different runtime build fails loudly
+//! instead of being patched at a wrong address.
 
 use std::collections::HashMap;
 
@@ -11,7 +11,7 @@ use wasmparser::{
     CompositeInnerType, ExternalKind, KnownCustom, Name, Operator, Parser, Payload, TypeRef,
 };
 
-use crate::Error;
+use crate::error::Error;
 
 /// Internal functions the build calls right before the snapshot, in this order: forget the
 /// preopen table (so a restored context reads its own), and zero the unused shadow stack.
@@ -31,7 +31,7 @@ pub(crate) struct ModuleFacts {
 }
 
 fn unexpected(what: impl std::fmt::Display) -> Error {
-    super::template_error(format!(
+    crate::error::Error::template_step(format!(
         "the Python runtime is not the build templates were verified with: {what}"
     ))
 }

