@@ -47,7 +47,11 @@ pub(super) async fn execute(
     let (entry, request) = request.resolve(&app.registry, &sandbox).await?;
     if wants_json(&headers) {
         let execution = sandbox.execute(&entry, request).await?;
-        return Ok(Json(wire::Execution::new(&entry.id, &execution)).into_response());
+        let answer = wire::Execution {
+            context_id: &entry.id,
+            execution: &execution,
+        };
+        return Ok(Json(answer).into_response());
     }
     Ok(stream::ndjson::<NativeEvents>(sandbox, entry, request))
 }
@@ -57,11 +61,7 @@ struct NativeEvents;
 
 impl EventShape for NativeEvents {
     fn finished(execution: &Execution) -> Vec<impl Serialize + '_> {
-        let mut events: Vec<Event> = execution
-            .results
-            .iter()
-            .map(|r| Event::Result(r.into()))
-            .collect();
+        let mut events: Vec<Event> = execution.results.iter().map(Event::Result).collect();
         if let Some(error) = &execution.error {
             events.push(Event::Error(error));
         }

@@ -71,50 +71,18 @@ impl From<&ContextEntry> for ContextInfo {
     }
 }
 
-/// A whole execution (`Accept: application/json`).
+/// A whole execution (`Accept: application/json`): the engine's serialisation plus the
+/// context it ran in.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Execution<'a> {
     pub context_id: &'a str,
-    stdout: &'a str,
-    stderr: &'a str,
-    results: Vec<ResultData<'a>>,
-    error: Option<&'a ExecutionError>,
     #[serde(flatten)]
-    summary: Summary,
+    pub execution: &'a codebox::Execution,
 }
 
-impl<'a> Execution<'a> {
-    pub fn new(context_id: &'a str, e: &'a codebox::Execution) -> Execution<'a> {
-        Execution {
-            context_id,
-            stdout: &e.stdout,
-            stderr: &e.stderr,
-            results: e.results.iter().map(ResultData::from).collect(),
-            error: e.error.as_ref(),
-            summary: Summary::from(e),
-        }
-    }
-}
-
-/// One result: a MIME bundle.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ResultData<'a> {
-    is_main_result: bool,
-    data: &'a BTreeMap<String, serde_json::Value>,
-}
-
-impl<'a> From<&'a DisplayData> for ResultData<'a> {
-    fn from(r: &'a DisplayData) -> ResultData<'a> {
-        ResultData {
-            is_main_result: r.is_main_result,
-            data: &r.data,
-        }
-    }
-}
-
-/// The accounting fields of an execution.
+/// The accounting fields of an execution, named as the engine serialises them (a test holds
+/// the two together): what the `end` event carries.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Summary {
@@ -145,7 +113,7 @@ impl From<&codebox::Execution> for Summary {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum Event<'a> {
-    Result(ResultData<'a>),
+    Result(&'a DisplayData),
     /// The error the execution ended with.
     Error(&'a ExecutionError),
     /// The execution could not run to its end: `name` is the error code, `value` the sentence.
@@ -185,4 +153,43 @@ impl From<ProcessOutput> for Process {
 #[derive(Serialize)]
 pub(crate) struct Written {
     pub written: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_end_event_carries_the_executions_own_fields_and_values() {
+        let execution = codebox::Execution {
+            execution_count: 7,
+            duration: Duration::from_micros(1500),
+            fuel_consumed: Some(99),
+            stdout_truncated: true,
+            exit_status: Some(3),
+            context_restarted: true,
+            ..Default::default()
+        };
+        let whole = serde_json::to_value(Execution {
+            context_id: "ctx_1",
+            execution: &execution,
+        })
+        .unwrap();
+        assert_eq!(whole["contextId"], "ctx_1");
+        assert_eq!(whole["durationMs"], 1.5);
+        let end = serde_json::to_value(Event::End {
+            summary: Some(Summary::from(&execution)),
+        })
+        .unwrap();
+        let end = end.as_object().unwrap();
+        assert_eq!(end.len(), 8, "{end:?}");
+        for (key, value) in end {
+            match key.as_str() {
+                "type" => assert_eq!(value, "end"),
+                _ => assert_eq!(&whole[key], value, "{key}"),
+            }
+        }
+    }
 }
