@@ -530,3 +530,94 @@ async fn executions_keep_their_wire_shapes_in_both_apis() {
         (StatusCode::BAD_REQUEST, "unknown_language".into())
     );
 }
+
+#[tokio::test]
+async fn processes_run_as_scripts_in_their_own_context() {
+    let app = app();
+    let created = call(&app, Method::POST, "/sandboxes", "key-a", Some("{}")).await;
+    let id = created.json()["sandboxID"].as_str().unwrap().to_string();
+    let processes = format!("/sandboxes/{id}/processes");
+    let run = |body: Value| {
+        let app = app.clone();
+        let processes = processes.clone();
+        async move {
+            call(
+                &app,
+                Method::POST,
+                &processes,
+                "key-a",
+                Some(&body.to_string()),
+            )
+            .await
+        }
+    };
+
+    // No echoed value, and a traceback names `<string>` as `python3 -c` does.
+    let quiet = run(json!({"cmd": "python3", "args": ["-c", "x = 6\nx * 7"]})).await;
+    assert_eq!(
+        quiet.json(),
+        json!({"stdout": "", "stderr": "", "exitCode": 0})
+    );
+    let failed = run(json!({"cmd": "/usr/bin/python", "args": ["-c", "print('a')\n1 / 0"]}))
+        .await
+        .json();
+    assert_eq!(failed["stdout"], "a\n");
+    assert_eq!(failed["exitCode"], 1);
+    let stderr = failed["stderr"].as_str().unwrap();
+    assert!(stderr.contains("File \"<string>\", line 2"), "{stderr}");
+    assert!(stderr.contains("ZeroDivisionError"), "{stderr}");
+    let node = run(json!({"cmd": "node", "args": ["-e", "console.log('n'); 6 * 7"]})).await;
+    assert_eq!(
+        node.json(),
+        json!({"stdout": "n\n", "stderr": "", "exitCode": 0})
+    );
+
+    // A script path runs the file from /home/user.
+    let write = "open('s.py', 'w').write('import sys\\nprint(\"from the file\")\\nsys.exit(3)')";
+    let written = run(json!({"cmd": "python3", "args": ["-c", write]})).await;
+    assert_eq!(written.json()["exitCode"], 0, "{}", written.json());
+    let script = run(json!({"cmd": "python3", "args": ["s.py"]}))
+        .await
+        .json();
+    assert_eq!(
+        script,
+        json!({"stdout": "from the file\n", "stderr": "", "exitCode": 3})
+    );
+
+    for (body, status, code) in [
+        (
+            json!({"cmd": "bash", "args": ["-c", "ls"]}),
+            StatusCode::BAD_REQUEST,
+            "unknown_command",
+        ),
+        (
+            json!({"cmd": "python3", "args": ["-e", "1"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"cmd": "node", "args": []}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            json!({"cmd": "node", "args": ["missing.js"]}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({"cmd": "python3", "args": ["-c", "1"], "timeout": 0}),
+            StatusCode::BAD_REQUEST,
+            "invalid_timeout",
+        ),
+    ] {
+        let answer = run(body.clone()).await;
+        assert_eq!(answer.error(), (status, code.to_string()), "{body}");
+    }
+    let unknown = run(json!({"cmd": "bash"})).await.json();
+    let message = unknown["message"].as_str().unwrap();
+    assert!(
+        message.contains("python or python3 with -c CODE") && message.contains("node with -e CODE"),
+        "{message}"
+    );
+}

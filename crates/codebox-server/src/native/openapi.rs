@@ -1,4 +1,6 @@
-//! The OpenAPI 3 description of the native API, served at `/openapi.json`.
+//! The OpenAPI 3 description of the native API, served at `/openapi.json`. It is written by
+//! hand, next to the wire structs it describes (`wire.rs`); the router tests check the
+//! shapes it names.
 
 use serde_json::{Value, json};
 
@@ -51,7 +53,7 @@ pub(crate) fn document() -> Value {
         "info": {
             "title": "codebox",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Run Python in sandboxes. Every route but /health and /openapi.json needs `Authorization: Bearer KEY`. Errors are `{\"error\": code, \"message\": sentence}`. E2B clients use the prefix /e2b/{accessToken} (see `e2bPath`)."
+            "description": "Run Python, JavaScript and TypeScript in sandboxes. Every route but /health and /openapi.json needs `Authorization: Bearer KEY`. Errors are `{\"error\": code, \"message\": sentence}`. Field names are camelCase; an Execution is the engine's own serialisation of an execution (`codebox::Execution`, the same object `codebox run --json` prints, durations in milliseconds as `durationMs`) plus `contextId`, and a stream's `end` event carries its accounting fields under the same names. E2B clients use the prefix /e2b/{accessToken} (see `e2bPath`)."
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -81,13 +83,14 @@ pub(crate) fn document() -> Value {
                     "code": {"type": "string"}, "language": {"type": "string"}, "contextId": {"type": "string"},
                     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
                     "timeout": {"type": "number", "description": "Seconds"}}},
-                "Execution": {"type": "object", "properties": {
+                "Execution": {"type": "object", "description": "codebox::Execution as the engine serialises it, plus contextId", "properties": {
                     "contextId": {"type": "string"}, "stdout": {"type": "string"}, "stderr": {"type": "string"},
                     "results": {"type": "array", "items": {"type": "object", "properties": {
                         "isMainResult": {"type": "boolean"}, "data": {"type": "object"}}}},
                     "error": {"type": "object", "nullable": true, "properties": {
                         "kind": {"type": "string"}, "name": {"type": "string"}, "value": {"type": "string"}, "traceback": {"type": "string"}}},
-                    "executionCount": {"type": "integer"}, "durationMs": {"type": "number"},
+                    "executionCount": {"type": "integer"}, "durationMs": {"type": "number", "description": "Wall-clock milliseconds"},
+                    "fuelConsumed": {"type": "integer", "nullable": true, "description": "Fuel burned, when the server meters fuel"},
                     "stdoutTruncated": {"type": "boolean"}, "stderrTruncated": {"type": "boolean"},
                     "exitStatus": {"type": "integer", "nullable": true}, "contextRestarted": {"type": "boolean"}}},
                 "FileEntry": {"type": "object", "properties": {

@@ -15,7 +15,7 @@ pub(crate) enum SandboxError {
     #[error("context not found")]
     ContextNotFound,
     /// The language is not one the engine runs; `name` is clipped.
-    #[error("unknown language {name:?}; this server runs: {}", language_names())]
+    #[error("unknown language {name:?}; this server runs: {}", Language::list())]
     UnknownLanguage { name: String },
     /// No template has that name; `name` is clipped.
     #[error(
@@ -34,10 +34,7 @@ pub(crate) enum SandboxError {
     #[error("{0}")]
     InvalidInput(String),
     /// A process command that is not one of the emulated interpreters; `command` is clipped.
-    #[error(
-        "cannot run {command:?}: the commands available are python3 (or python) with -c CODE \
-         or a script path, and node with -e CODE or a script path"
-    )]
+    #[error("cannot run {command:?}: the commands available are {}", commands())]
     UnknownCommand { command: String },
     /// The server runs its maximum number of sandboxes.
     #[error("the server already runs its maximum of {max} sandboxes; kill one or try later")]
@@ -65,9 +62,19 @@ pub(crate) enum SandboxError {
     Internal(String),
 }
 
-/// `python, javascript, typescript`: every language the engine runs.
-fn language_names() -> String {
-    [Language::Python, Language::JavaScript, Language::TypeScript]
-        .map(Language::name)
-        .join(", ")
+/// `python or python3 with -c CODE or a script path; node with -e CODE or a script path`: the
+/// commands of every language that has some.
+pub(crate) fn commands() -> String {
+    Language::ALL
+        .into_iter()
+        .filter(|l| !l.commands().is_empty())
+        .map(|l| {
+            format!(
+                "{} with {} CODE or a script path",
+                l.commands().join(" or "),
+                l.inline_flag()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -1,9 +1,11 @@
 //! Process emulation. A sandbox has no processes, but agents ask for `python3 -c CODE`,
-//! `python3 script.py`, `node -e CODE` and `node script.js`; each runs as a script (no echoed
-//! last value) in a fresh context of the sandbox, and answers like a finished process:
-//! stdout, stderr with the error, and an exit code.
+//! `python3 script.py`, `node -e CODE` and `node script.js`; each runs in a fresh context of
+//! the sandbox in the engine's script mode (no echoed last value, Python tracebacks name
+//! `<string>`), and answers like a finished process: stdout, stderr with the error, and an
+//! exit code. Which programs exist and which flag takes inline code is the engine's
+//! `Language` metadata.
 
-use codebox::Language;
+use codebox::{ExecutionMode, Language};
 
 use super::run::{execute_request, execution_timeout};
 use super::{Registry, Sandbox, SandboxError};
@@ -12,7 +14,7 @@ use crate::util::clip;
 /// A command line to emulate.
 #[derive(Debug)]
 pub(crate) struct Command {
-    /// The program: `python3`, `python`, `node`, or a path ending in one of them.
+    /// The program: one of the engine's `Language::commands`, or a path ending in one.
     pub program: String,
     pub args: Vec<String>,
     /// Seconds; `None` for the context's limit.
@@ -37,17 +39,13 @@ impl Registry {
         command: Command,
     ) -> Result<ProcessOutput, SandboxError> {
         let timeout = execution_timeout(&self.config, command.timeout)?;
-        let base = command.program.rsplit('/').next().unwrap_or("");
-        let (language, inline_flag) = match base {
-            "python" | "python3" => (Language::Python, "-c"),
-            "node" => (Language::JavaScript, "-e"),
-            _ => {
-                return Err(SandboxError::UnknownCommand {
-                    command: clip(&command.program, 60),
-                });
+        let language = Language::from_command(&command.program).ok_or_else(|| {
+            SandboxError::UnknownCommand {
+                command: clip(&command.program, 60),
             }
-        };
-        let source = match command.args.as_slice() {
+        })?;
+        let inline_flag = language.inline_flag();
+        let code = match command.args.as_slice() {
             [flag, code, ..] if flag == inline_flag => code.clone(),
             [script, ..] if !script.starts_with('-') => {
                 String::from_utf8(sandbox.home.read(script)?)
@@ -59,18 +57,9 @@ impl Registry {
                 )));
             }
         };
-        // A process does not echo its last value.
-        let code = match language {
-            Language::Python => {
-                format!(
-                    "exec(compile({}, '<string>', 'exec'))",
-                    python_string_literal(&source)
-                )
-            }
-            _ => format!("{source}\n;undefined"),
-        };
         let entry = self.new_context(sandbox, language, None, None).await?;
-        let run = entry.execute(execute_request(code, timeout)).await?;
+        let request = execute_request(code, timeout).mode(ExecutionMode::Script);
+        let run = entry.execute(request).await?;
         let mut stderr = run.stderr;
         if let Some(error) = &run.error {
             stderr.push_str(&error.to_string());
@@ -87,9 +76,4 @@ impl Registry {
             exit_code,
         })
     }
-}
-
-/// `s` as a Python string literal (JSON string syntax is valid Python for these escapes).
-fn python_string_literal(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialise")
 }
