@@ -621,3 +621,38 @@ async fn processes_run_as_scripts_in_their_own_context() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_engines_languages_and_commands() {
+    let document = call(&app(), Method::GET, "/openapi.json", "", None)
+        .await
+        .json();
+    let schemas = &document["components"]["schemas"];
+    let names: Vec<&str> = codebox::Language::ALL.map(codebox::Language::name).to_vec();
+    assert_eq!(
+        schemas["Context"]["properties"]["language"]["enum"],
+        json!(names)
+    );
+    assert_eq!(
+        schemas["Process"]["properties"]["cmd"]["enum"],
+        json!(["python", "python3", "node"])
+    );
+    let description = document["info"]["description"].as_str().unwrap();
+    assert!(
+        description.contains(&codebox::Language::list()),
+        "{description}"
+    );
+    // Every field of the whole execution answer is described.
+    let execution = codebox::Execution::default();
+    let answer = serde_json::to_value(crate::native::wire::Execution {
+        context_id: "ctx_1",
+        execution: &execution,
+    })
+    .unwrap();
+    for field in keys(&answer) {
+        assert!(
+            schemas["Execution"]["properties"].get(field).is_some(),
+            "{field} is not in the OpenAPI document"
+        );
+    }
+}

@@ -7,7 +7,7 @@ mod execute;
 mod files;
 mod openapi;
 mod sandboxes;
-mod wire;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 

@@ -2,6 +2,7 @@
 //! hand, next to the wire structs it describes (`wire.rs`); the router tests check the
 //! shapes it names.
 
+use codebox::Language;
 use serde_json::{Value, json};
 
 fn error_responses() -> Value {
@@ -45,7 +46,32 @@ fn path_query(required: bool) -> Value {
            "description": "A path under /home/user, absolute or relative to it"})
 }
 
+/// The languages' names, as contexts report them.
+fn languages() -> Vec<&'static str> {
+    Language::ALL.map(Language::name).to_vec()
+}
+
+/// The programs `processes` emulates.
+fn commands() -> Vec<&'static str> {
+    Language::ALL
+        .iter()
+        .flat_map(|l| l.commands().iter().copied())
+        .collect()
+}
+
 pub(crate) fn document() -> Value {
+    let description = format!(
+        "Run code in sandboxes ({}). Every route but /health and /openapi.json needs \
+         `Authorization: Bearer KEY`. Errors are `{{\"error\": code, \"message\": sentence}}`. \
+         Field names are camelCase; an Execution is the engine's own serialisation of an \
+         execution (`codebox::Execution`, the same object `codebox run --json` prints, \
+         durations in milliseconds as `durationMs`) plus `contextId`, and a stream's `end` \
+         event carries its accounting fields under the same names. E2B clients use the prefix \
+         /e2b/{{accessToken}} (see `e2bPath`).",
+        Language::list()
+    );
+    let language_input = json!({"type": "string", "description": format!(
+        "One of {} or an alias (js, ts, ...), any case; default python", Language::list())});
     let sandbox = id_param("id");
     let context = id_param("cid");
     json!({
@@ -53,7 +79,7 @@ pub(crate) fn document() -> Value {
         "info": {
             "title": "codebox",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Run Python, JavaScript and TypeScript in sandboxes. Every route but /health and /openapi.json needs `Authorization: Bearer KEY`. Errors are `{\"error\": code, \"message\": sentence}`. Field names are camelCase; an Execution is the engine's own serialisation of an execution (`codebox::Execution`, the same object `codebox run --json` prints, durations in milliseconds as `durationMs`) plus `contextId`, and a stream's `end` event carries its accounting fields under the same names. E2B clients use the prefix /e2b/{accessToken} (see `e2bPath`)."
+            "description": description
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -74,13 +100,13 @@ pub(crate) fn document() -> Value {
                     "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                     "template": {"type": "string", "description": "Template for the sandbox's Python contexts: `data` (numpy, pandas, matplotlib imported), `stdlib`, or a custom one. Default: `data` once built, else `stdlib`"}}},
                 "Context": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "language": {"type": "string", "enum": ["python", "javascript", "typescript"]}, "cwd": {"type": "string"},
+                    "id": {"type": "string"}, "language": {"type": "string", "enum": languages()}, "cwd": {"type": "string"},
                     "template": {"type": "string", "description": "Python: the template it started from"}}},
                 "CreateContext": {"type": "object", "additionalProperties": false, "properties": {
-                    "language": {"type": "string"}, "cwd": {"type": "string"},
+                    "language": language_input.clone(), "cwd": {"type": "string"},
                     "template": {"type": "string", "description": "Python only; overrides the sandbox's template"}}},
                 "Execute": {"type": "object", "required": ["code"], "additionalProperties": false, "properties": {
-                    "code": {"type": "string"}, "language": {"type": "string"}, "contextId": {"type": "string"},
+                    "code": {"type": "string"}, "language": language_input, "contextId": {"type": "string"},
                     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
                     "timeout": {"type": "number", "description": "Seconds"}}},
                 "Execution": {"type": "object", "description": "codebox::Execution as the engine serialises it, plus contextId", "properties": {
@@ -97,7 +123,7 @@ pub(crate) fn document() -> Value {
                     "name": {"type": "string"}, "path": {"type": "string"}, "kind": {"type": "string", "enum": ["file", "dir", "symlink"]},
                     "size": {"type": "integer"}, "modified": {"type": "integer", "nullable": true}}},
                 "Process": {"type": "object", "required": ["cmd"], "additionalProperties": false, "properties": {
-                    "cmd": {"type": "string", "enum": ["python3", "python", "node"]}, "args": {"type": "array", "items": {"type": "string"}},
+                    "cmd": {"type": "string", "enum": commands()}, "args": {"type": "array", "items": {"type": "string"}},
                     "timeout": {"type": "number"}}}
             }
         },
