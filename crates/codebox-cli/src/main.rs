@@ -1,4 +1,5 @@
-//! `codebox`: run Python in a sandbox from the command line.
+//! `codebox`: run untrusted code (every language the engine runs: Python, JavaScript,
+//! TypeScript) in a sandbox from the command line, or serve the HTTP API.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use codebox::{
 #[command(
     name = "codebox",
     version,
-    about = "Run untrusted Python in a WebAssembly sandbox"
+    about = about()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,7 +43,7 @@ struct RunArgs {
     /// Code to run.
     #[arg(short = 'c', long = "code", conflicts_with = "script")]
     code: Option<String>,
-    /// A Python file to run (`-` for stdin).
+    /// A script to run (`-` for stdin); its extension picks the language.
     script: Option<PathBuf>,
     /// Upload a local file into /home/user first: LOCAL or LOCAL:DEST (DEST relative to
     /// /home/user). Repeatable.
@@ -57,10 +58,8 @@ struct RunArgs {
 
 #[derive(Args)]
 struct LimitArgs {
-    /// Language: python, javascript (js) or typescript (ts). Default: from the script's
-    /// extension, else python.
-    #[arg(long, value_name = "LANG")]
-    lang: Option<String>,
+    #[arg(long, value_name = "LANG", help = language_help(), value_parser = parse_language)]
+    lang: Option<Language>,
     /// Time limit per execution, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     timeout: f64,
@@ -226,20 +225,41 @@ async fn engine(fuel: bool, background: bool) -> Result<Engine, String> {
     .map_err(|e| e.to_string())
 }
 
-fn language(args: &LimitArgs, script: Option<&std::path::Path>) -> Result<Language, String> {
-    if let Some(name) = &args.lang {
-        return Language::parse(name).ok_or_else(|| {
-            format!("unknown language {name:?}; use python, javascript or typescript")
-        });
-    }
-    let extension = script
-        .and_then(|p| p.extension())
-        .and_then(|e| e.to_str())
-        .unwrap_or("");
-    Ok(match extension {
-        "js" | "mjs" | "cjs" => Language::JavaScript,
-        "ts" | "mts" => Language::TypeScript,
-        _ => Language::Python,
+/// The one-line description, naming every language.
+fn about() -> String {
+    format!(
+        "Run untrusted code in a WebAssembly sandbox ({})",
+        Language::list()
+    )
+}
+
+/// `--lang`'s help: every language with its aliases.
+fn language_help() -> String {
+    let names: Vec<String> = Language::ALL
+        .iter()
+        .map(|l| match l.aliases() {
+            [] => l.name().to_string(),
+            aliases => format!("{} ({})", l.name(), aliases.join(", ")),
+        })
+        .collect();
+    format!(
+        "Language: {}. Default: from the script's extension, else python",
+        names.join(", ")
+    )
+}
+
+fn parse_language(name: &str) -> Result<Language, String> {
+    Language::parse(name).ok_or_else(|| format!("unknown language; use {}", Language::list()))
+}
+
+/// `--lang`, else the script's extension, else Python.
+fn language(args: &LimitArgs, script: Option<&std::path::Path>) -> Language {
+    args.lang.unwrap_or_else(|| {
+        script
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+            .and_then(Language::from_extension)
+            .unwrap_or(Language::Python)
     })
 }
 
@@ -285,7 +305,7 @@ async fn run(args: RunArgs) -> CliResult {
     };
     let ctx = context(
         &args.limits,
-        language(&args.limits, args.script.as_deref())?,
+        language(&args.limits, args.script.as_deref()),
         false,
     )
     .await?;
@@ -370,10 +390,11 @@ fn exit_code(execution: &Execution) -> ExitCode {
 }
 
 async fn repl(args: LimitArgs) -> CliResult {
-    let ctx = context(&args, language(&args, None)?, true).await?;
+    let language = language(&args, None);
+    let ctx = context(&args, language, true).await?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("codebox Python sandbox; state persists between inputs. Ctrl-D to quit.");
+        eprintln!("codebox {language} sandbox; state persists between inputs. Ctrl-D to quit.");
     }
     let mut lines = std::io::stdin().lock().lines();
     let mut last_failed = false;

@@ -137,6 +137,42 @@ fn user_mistakes_get_one_clear_sentence() {
     }
 }
 
+#[test]
+fn every_language_is_offered_and_picked_by_flag_or_extension() {
+    let help = text(&codebox(&["run", "--help"]).stdout);
+    let about = text(&codebox(&["--help"]).stdout);
+    for name in ["python", "javascript", "typescript"] {
+        assert!(help.contains(name), "{help}");
+        assert!(about.contains(name), "{about}");
+    }
+    let out = codebox(&["run", "--lang", "cobol", "-c", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("unknown language; use python, javascript, typescript"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for (file, code, expect) in [
+        (
+            "a.mjs",
+            "console.log(typeof process); 6 * 7",
+            "object\n42\n",
+        ),
+        ("b.ts", "const n: number = 6; n * 7", "42\n"),
+        ("c.py", "6 * 7", "42\n"),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, code).unwrap();
+        let out = codebox(&["run", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{file}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), expect, "{file}");
+    }
+    let out = codebox(&["run", "--lang", "JS", "-c", "[1, 2].length"]);
+    assert_eq!(text(&out.stdout), "2\n", "{}", text(&out.stderr));
+}
+
 /// The installed runtime directory, as `codebox runtimes list` reports it.
 fn installed_runtime_dir() -> PathBuf {
     // Make sure it is installed (a run installs on first use).
