@@ -185,7 +185,9 @@ mod tests {
             "internal error: opening the cache: no access"
         );
         let source = std::error::Error::source(&error).expect("the source is kept");
-        let io = source.downcast_ref::<io::Error>().expect("as the io::Error it was");
+        let io = source
+            .downcast_ref::<io::Error>()
+            .expect("as the io::Error it was");
         assert_eq!(io.kind(), io::ErrorKind::PermissionDenied);
         assert!(std::error::Error::source(&Error::internal("plain")).is_none());
     }
