@@ -362,3 +362,27 @@ async fn each_context_gets_its_own_environment_directory_seed_and_clock() {
         );
     }
 }
+
+/// A script runs as `node -e` would: no value is shown.
+#[tokio::test]
+async fn a_script_shows_no_value() {
+    let cases = [
+        (
+            Language::JavaScript,
+            "const n = 6\nconsole.log(n * 7)\nn + 1",
+        ),
+        (
+            Language::TypeScript,
+            "const n: number = 6\nconsole.log(n * 7)\nn + 1",
+        ),
+    ];
+    for (language, code) in cases {
+        let ctx = lang(language).await;
+        let request = ExecuteRequest::new(code).mode(codebox::ExecutionMode::Script);
+        let run = ctx.execute(request).await.unwrap();
+        assert!(run.error.is_none(), "{:?}", run.error);
+        assert_eq!(run.stdout, "42\n");
+        assert!(run.results.is_empty(), "{language}: {:?}", run.results);
+        assert_eq!(ok(&ctx, "n + 1").await.text(), Some("7"));
+    }
+}

@@ -317,3 +317,30 @@ async fn per_execution_environment_and_working_directory() {
     let bad = codebox::ContextOptions::new().cwd("/etc");
     assert!(crate::common::engine().create_context(bad).await.is_err());
 }
+
+/// A script runs as `python3 -c` would: state is shared with the context, but no value is
+/// shown and tracebacks name the file `<string>`.
+#[tokio::test]
+async fn a_script_shows_no_value_and_its_traceback_names_string() {
+    let ctx = context().await;
+    let script = |code: &str| ExecuteRequest::new(code).mode(codebox::ExecutionMode::Script);
+    let run = ctx
+        .execute(script("x = 6\nprint(x * 7)\nx + 1"))
+        .await
+        .unwrap();
+    assert_eq!(run.stdout, "42\n");
+    assert!(run.results.is_empty(), "{:?}", run.results);
+    assert!(run.error.is_none());
+    // The same code as a cell shows its value.
+    assert_eq!(ok(&ctx, "x + 1").await.text(), Some("7"));
+
+    let failed = ctx.execute(script("y = 1\n1 / 0")).await.unwrap();
+    let error = failed.error.expect("the script raised");
+    assert_eq!(error.name, "ZeroDivisionError");
+    assert!(
+        error.traceback.contains("File \"<string>\", line 2"),
+        "{}",
+        error.traceback
+    );
+    assert!(!error.traceback.contains("<cell"), "{}", error.traceback);
+}

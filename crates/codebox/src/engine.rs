@@ -8,11 +8,11 @@ use std::sync::Arc;
 use crate::context::{Context, ContextOptions};
 use crate::core::{Core, CoreSettings};
 use crate::error::Error;
+use crate::fsutil;
 use crate::progress::Progress;
 use crate::runtimes::python::template::TemplateRecipe;
-use crate::runtimes::{Language, Runtimes, python};
+use crate::runtimes::{Runtimes, python};
 use crate::templates::{TemplateInfo, Templates};
-use crate::{font_cache, fsutil};
 
 /// Configures and builds an [`Engine`].
 #[derive(Debug, Clone)]
@@ -192,9 +192,6 @@ impl Engine {
         // Everything is checked before a template is looked up (or built).
         options.validate(core.fuel_metering())?;
         let template = templates.for_context(&options).await?;
-        if options.language == Language::Python {
-            font_cache::ensure(core, runtimes.python()).await;
-        }
         let runtime = runtimes.get(core, options.language).await?;
         Context::create(core.clone(), runtime, options, template).await
     }

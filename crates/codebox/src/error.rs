@@ -171,3 +171,24 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_keeps_its_source_and_says_it() {
+        let io = io::Error::new(io::ErrorKind::PermissionDenied, "no access");
+        let error = Error::internal_from("opening the cache", io);
+        assert_eq!(
+            error.to_string(),
+            "internal error: opening the cache: no access"
+        );
+        let source = std::error::Error::source(&error).expect("the source is kept");
+        let io = source
+            .downcast_ref::<io::Error>()
+            .expect("as the io::Error it was");
+        assert_eq!(io.kind(), io::ErrorKind::PermissionDenied);
+        assert!(std::error::Error::source(&Error::internal("plain")).is_none());
+    }
+}

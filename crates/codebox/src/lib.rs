@@ -39,7 +39,6 @@ mod engine;
 mod error;
 mod execution;
 mod files;
-mod font_cache;
 mod fsutil;
 mod host;
 mod limits;

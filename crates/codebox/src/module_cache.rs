@@ -53,7 +53,7 @@ pub(crate) fn load_or_compile(
         let what = format!("compiling the {name} runtime (one time, about a minute)");
         progress
             .long_task(&what, || Module::new(engine, &wasm))
-            .map_err(|e| Error::internal(format!("compiling {name}: {e:#}")))
+            .map_err(|e| Error::internal_from(&format!("compiling {name}"), e))
     })
 }
 

@@ -175,7 +175,7 @@ fn preopen(
 ) -> Result<(), Error> {
     wasi.preopened_dir(host, guest, perms)
         .map(|_| ())
-        .map_err(|e| Error::internal(format!("mounting {} at {guest}: {e:#}", host.display())))
+        .map_err(|e| Error::internal_from(&format!("mounting {} at {guest}", host.display()), e))
 }
 
 /// The guest's monotonic clock: nanoseconds since the Unix epoch when the store was made, then

@@ -19,11 +19,11 @@ use wasmtime::Module;
 use crate::context::{Context, ContextOptions};
 use crate::core::Core;
 use crate::error::Error;
+use crate::runtimes::Runtime;
 use crate::runtimes::python::template::{
     self as recipe, DATA_TEMPLATE, Probe, STDLIB_TEMPLATE, Sealed, TemplateRecipe,
 };
 use crate::runtimes::python::{self, PythonRuntime, Template};
-use crate::runtimes::{Language, Runtime};
 use crate::snapshot::WIZER_VERSION;
 use crate::{digest, fsutil, module_cache};
 
@@ -180,7 +180,7 @@ impl Templates {
         self: &Arc<Self>,
         options: &ContextOptions,
     ) -> Result<Option<Arc<Template>>, Error> {
-        if options.language != Language::Python {
+        if !options.language.has_templates() {
             return match &options.template {
                 None => Ok(None),
                 Some(_) => Err(Error::InvalidInput(format!(

@@ -11,7 +11,6 @@ mod outcome;
 
 pub use options::{ContextOptions, ExecuteRequest, MAX_CODE_BYTES};
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,6 @@ pub struct Context {
     state: tokio::sync::Mutex<State>,
     template: Option<String>,
     home: HomeDir,
-    tmp: PathBuf,
     limits: Limits,
 }
 
@@ -97,7 +95,7 @@ impl Context {
             None | Some("") | Some(GUEST_HOME) | Some("/home/user/") => None,
             Some(path) => Some(home.make_dir_guest_path(path)?),
         };
-        let template_name = matches!(runtime, Runtime::Python(_)).then(|| {
+        let template_name = options.language.has_templates().then(|| {
             template
                 .as_ref()
                 .map_or(crate::runtimes::python::template::STDLIB_TEMPLATE, |t| {
@@ -122,7 +120,6 @@ impl Context {
         };
         state.live = Some(state.start().await?);
         Ok(Context {
-            tmp: state.tmp.path().to_path_buf(),
             limits: state.options.limits.clone(),
             state: tokio::sync::Mutex::new(state),
             template: template_name,
@@ -144,11 +141,6 @@ impl Context {
     /// The context's `/home/user`, for reading and writing files from the host.
     pub fn files(&self) -> &HomeDir {
         &self.home
-    }
-
-    /// The host directory behind the context's private `/tmp`.
-    pub(crate) fn tmp_path(&self) -> &Path {
-        &self.tmp
     }
 
     /// The template a Python context started from (`stdlib` for the plain interpreter);

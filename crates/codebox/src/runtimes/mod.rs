@@ -147,6 +147,11 @@ impl Language {
         Language::ALL.map(Language::name).join(", ")
     }
 
+    /// Whether its contexts start from templates (named snapshots made from a recipe).
+    pub(crate) fn has_templates(self) -> bool {
+        self.runtime() == RuntimeKind::Python
+    }
+
     /// The runtime that runs this language.
     pub(crate) fn runtime(self) -> RuntimeKind {
         match self {
@@ -305,10 +310,14 @@ impl Runtimes {
         &self.python
     }
 
-    /// The runtime of `language`, loaded on first use.
+    /// The runtime of `language` for a new context: loaded on first use, and ready for the
+    /// context (a runtime may do one-time work for its first context).
     pub async fn get(&self, core: &Arc<Core>, language: Language) -> Result<Runtime, Error> {
         Ok(match language.runtime() {
-            RuntimeKind::Python => Runtime::Python(self.python.clone()),
+            RuntimeKind::Python => {
+                self.python.prepare_context(core).await;
+                Runtime::Python(self.python.clone())
+            }
             RuntimeKind::JavaScript => {
                 let js = self
                     .javascript

@@ -141,7 +141,7 @@ impl JsInstance {
         macro_rules! export {
             ($name:literal) => {
                 instance.get_typed_func(&mut store, $name).map_err(|e| {
-                    Error::internal(format!("the JavaScript runtime's {}: {e}", $name))
+                    Error::internal_from(&format!("the JavaScript runtime's {}", $name), e)
                 })?
             };
         }
@@ -308,7 +308,7 @@ impl JsInstance {
             .map_err(|e| start_error("JS_SetMemoryLimit", e))?;
 
         let mut seed = [0u8; 16];
-        getrandom::fill(&mut seed).map_err(|e| Error::internal(format!("random seed: {e}")))?;
+        getrandom::fill(&mut seed).map_err(|e| Error::internal_from("drawing a random seed", e))?;
         let words: Vec<String> = seed
             .chunks(4)
             .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")).to_string())

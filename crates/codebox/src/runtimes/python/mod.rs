@@ -10,6 +10,7 @@
 //! Contexts start from a template (see [`template`]) when one is built, else from the plain
 //! runtime, which then loads the kernel in its first turn.
 
+mod font_cache;
 pub(crate) mod template;
 
 use std::path::PathBuf;
@@ -81,8 +82,8 @@ pub(crate) struct PythonRuntime {
     files: RuntimeFiles,
     /// The guest kernel, compiled by the first context that boots the plain runtime.
     kernel: Arc<KernelCode>,
-    /// matplotlib's prebuilt font cache, once the engine made sure of it (see
-    /// `crate::font_cache`); `None` inside when it could not be built.
+    /// matplotlib's prebuilt font cache, once the first context made sure of it (see
+    /// [`font_cache`]); `None` inside when it could not be built.
     font_cache: tokio::sync::OnceCell<Option<PathBuf>>,
 }
 
@@ -108,14 +109,17 @@ impl PythonRuntime {
     }
 
     /// Where matplotlib's font cache for this runtime is kept, built or not.
-    pub fn font_cache_dir(&self, core: &Core) -> PathBuf {
+    fn font_cache_dir(&self, core: &Core) -> PathBuf {
         let sha = &self.files.module_sha256;
         core.cache_dir().join("matplotlib").join(&sha[..16])
     }
 
-    /// The prebuilt font cache contexts copy into their `/tmp`, once it is settled.
-    pub fn font_cache(&self) -> &tokio::sync::OnceCell<Option<PathBuf>> {
-        &self.font_cache
+    /// Run before a context starts: the first time, makes sure matplotlib's font cache is
+    /// prebuilt (once per cache directory, about a second), so every context copies it.
+    pub async fn prepare_context(&self, core: &Core) {
+        self.font_cache
+            .get_or_init(|| font_cache::prepare(core, self))
+            .await;
     }
 
     /// What a context's interpreter sees.
