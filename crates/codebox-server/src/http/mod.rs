@@ -12,7 +12,7 @@ pub(crate) mod upload;
 
 use codebox::Engine;
 
-use crate::ServerConfig;
+use crate::config::ServerConfig;
 use crate::sandbox::Registry;
 
 /// Shared state of the handlers.

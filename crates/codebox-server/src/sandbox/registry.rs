@@ -9,7 +9,7 @@ use codebox::{ContextOptions, Engine, HomeDir, Language};
 
 use super::budget::MemoryBudget;
 use super::{ContextEntry, Owner, Sandbox, SandboxError};
-use crate::ServerConfig;
+use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::util::{clip, lock, random_id};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use codebox::{ExecuteRequest, Language};
 
 use super::{ContextEntry, Registry, Sandbox, SandboxError};
-use crate::ServerConfig;
+use crate::config::ServerConfig;
 use crate::util::clip;
 
 /// Parses a language name as clients send it (trimmed, any case; `js`, `ts` accepted);
