@@ -49,13 +49,11 @@ pub(crate) struct Layout {
 pub(crate) struct StoreSpec<'a> {
     pub layout: &'a Layout,
     pub limits: &'a Limits,
-    /// The caller's environment variables.
-    pub env: &'a BTreeMap<String, String>,
+    /// The guest's whole environment, from [`guest_env`].
+    pub env: &'a [(String, String)],
     /// Host directory behind `/tmp`.
     pub tmp: &'a Path,
     pub home: &'a HomeDir,
-    /// The working directory as a guest path, when not `/home/user`.
-    pub cwd: Option<&'a str>,
     pub capture: &'a SharedCapture,
     /// Whether this boot may hand compiled kernel bytecode back for later contexts: only one
     /// whose start the caller cannot influence (no caller environment), so no context can
@@ -93,7 +91,7 @@ pub(crate) fn new_store(core: &Core, spec: &StoreSpec) -> Result<Store<HostState
         .args(&layout.argv)
         // Instances may start from a snapshot: the clock must read later than at the build.
         .monotonic_clock(AnchoredMonotonicClock::new());
-    for (key, value) in guest_env(layout, spec.env, spec.cwd) {
+    for (key, value) in spec.env {
         wasi.env(key, value);
     }
     // The order matters to the runtimes: their mounts, then /tmp, then home.
@@ -149,15 +147,19 @@ pub(crate) fn new_store(core: &Core, spec: &StoreSpec) -> Result<Store<HostState
     Ok(store)
 }
 
-/// Sets when the running call must stop, and the fuel it may burn when the engine meters
-/// fuel (unbounded when `fuel` is `None`).
+/// Arms the store for one execution: when it must stop, the fuel it may burn when the
+/// engine meters fuel (unbounded when `fuel` is `None`), and no refusals recorded yet by the
+/// memory limit or the disk quota.
 pub(crate) fn arm(
     store: &mut Store<HostState>,
     deadline: Instant,
     fuel: Option<u64>,
     metered: bool,
 ) -> Result<(), Error> {
-    store.data_mut().deadline = deadline;
+    let data = store.data_mut();
+    data.deadline = deadline;
+    data.memory.refused = false;
+    data.quota.start_execution();
     store.set_epoch_deadline(1);
     if metered {
         store

@@ -5,11 +5,10 @@
 //!
 //! A build runs on a thread of its own: it blocks on a file lock and on a compilation of
 //! about a minute, and drives the guest with the one current-thread runtime this crate
-//! starts ([`block_on`]). One build runs at a time in a process: each needs 2–3 GB
+//! starts ([`build_runtime`]). One build runs at a time in a process: each needs 2–3 GB
 //! and both cores while it compiles.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -362,7 +361,8 @@ impl Templates {
             progress.step(&format!(
                 "building the {name} template (one time, about a minute)"
             ));
-            let (wasm, sealed) = block_on(recipe::snapshot(core, &self.python, recipe))??;
+            let runtime = build_runtime()?;
+            let (wasm, sealed) = runtime.block_on(recipe::snapshot(core, &self.python, recipe))?;
             let module = progress
                 .long_task(&format!("compiling the {name} template"), || {
                     Module::new(core.wasm(), &wasm)
@@ -370,9 +370,11 @@ impl Templates {
                 .map_err(|e| Error::template_step(format!("compiling the snapshot: {e:#}")))?;
             drop(wasm);
             let template = Arc::new(Template::new(core, name, &module)?);
-            block_on(gate(core, &self.python, template, sealed))?.map_err(|reason| {
-                Error::template_step(format!("the build gate refused it: {reason}"))
-            })?;
+            runtime
+                .block_on(gate(core, &self.python, template, sealed))
+                .map_err(|reason| {
+                    Error::template_step(format!("the build gate refused it: {reason}"))
+                })?;
             Ok(module)
         })
         .map_err(|error| error.for_template(name))?;
@@ -413,11 +415,10 @@ impl Templates {
     /// from.
     fn compiled_stem(&self, name: &str, recipe: &TemplateRecipe) -> String {
         let mut hasher = Sha256::new();
-        let [manifest, kernel] = python::template_inputs();
         let parts = [
             WIZER_VERSION,
-            manifest,
-            kernel,
+            python::MANIFEST,
+            python::KERNEL_SOURCE,
             &python::guest_layout_key(),
             &recipe.setup,
             recipe.warmup.as_deref().unwrap_or(""),
@@ -453,14 +454,13 @@ impl Templates {
     }
 }
 
-/// Runs `work` to completion on the current thread (a build's own, never an async worker)
-/// with a small runtime: the one place this crate blocks on async work.
-fn block_on<T>(work: impl Future<Output = T>) -> Result<T, Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// The small runtime a build drives its guest with, on the build's own thread (never an
+/// async worker): the one place this crate blocks on async work.
+fn build_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::internal_from("starting a template build's runtime", e))?;
-    Ok(runtime.block_on(work))
+        .map_err(|e| Error::internal_from("starting a template build's runtime", e))
 }
 
 /// The build gate: two fresh contexts from the template must each see their own argv,

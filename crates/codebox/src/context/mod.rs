@@ -185,20 +185,19 @@ impl State {
     /// A new instance: a store with this context's view, the runtime started in it.
     async fn start(&mut self) -> Result<Instance, Error> {
         let layout = self.runtime.layout();
+        let env = store::guest_env(&layout, &self.options.env, self.cwd.as_deref());
         let store = store::new_store(
             &self.core,
             &StoreSpec {
                 layout: &layout,
                 limits: &self.options.limits,
-                env: &self.options.env,
+                env: &env,
                 tmp: self.tmp.path(),
                 home: &self.home,
-                cwd: self.cwd.as_deref(),
                 capture: &self.capture,
                 may_supply_bytecode: self.options.env.is_empty(),
             },
         )?;
-        let env = store::guest_env(&layout, &self.options.env, self.cwd.as_deref());
         let spec = StartSpec {
             capture: &self.capture,
             env: &env,
@@ -258,19 +257,20 @@ impl State {
         Ok(())
     }
 
-    /// Sets this execution's deadline, fuel and output budget, and clears the refusals the
-    /// limits recorded last time.
+    /// Sets this execution's deadline, fuel and output budget (the store also forgets the
+    /// refusals the limits recorded last time).
     fn arm(&mut self, request: &ExecuteRequest) -> Result<Armed, Error> {
         let limits = &self.options.limits;
         let timeout = request.timeout.unwrap_or(limits.timeout);
         let started = Instant::now();
         let deadline = started + timeout;
         let live = self.live.as_mut().expect("ensure_live started one");
-        let store = live.store();
-        store::arm(store, deadline, limits.fuel, self.core.fuel_metering())?;
-        let data = store.data_mut();
-        data.memory.refused = false;
-        data.quota.start_execution();
+        store::arm(
+            live.store(),
+            deadline,
+            limits.fuel,
+            self.core.fuel_metering(),
+        )?;
         output::start_streaming(
             &self.capture,
             limits.output_bytes,

@@ -132,10 +132,9 @@ impl BuildSandbox {
             &StoreSpec {
                 layout,
                 limits,
-                env: &Default::default(),
+                env: &store::guest_env(layout, &Default::default(), None),
                 tmp: self.tmp.path(),
                 home: &self.home,
-                cwd: None,
                 capture: &self.capture,
                 may_supply_bytecode: false,
             },

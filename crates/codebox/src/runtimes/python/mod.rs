@@ -209,11 +209,6 @@ impl Template {
     }
 }
 
-/// A part of the template cache key: what the kernel and runtime are.
-pub(crate) fn template_inputs() -> [&'static str; 2] {
-    [MANIFEST, KERNEL_SOURCE]
-}
-
 /// A live CPython instance.
 pub(crate) struct PythonInstance {
     store: Store<HostState>,
