@@ -382,11 +382,7 @@ fn print_outcome(execution: &Execution) {
 }
 
 fn exit_code(execution: &Execution) -> ExitCode {
-    match (execution.exit_status, &execution.error) {
-        (Some(status), _) => ExitCode::from(status.clamp(0, 255) as u8),
-        (None, Some(_)) => ExitCode::from(1),
-        (None, None) => ExitCode::SUCCESS,
-    }
+    ExitCode::from(execution.exit_code().clamp(0, 255) as u8)
 }
 
 async fn repl(args: LimitArgs) -> CliResult {

@@ -54,6 +54,16 @@ impl Execution {
             .and_then(DisplayData::text)
     }
 
+    /// The exit code a process running this code would end with, as `python3 -c` does: the
+    /// status given to `exit()`/`sys.exit(n)`, else 1 after an error, else 0.
+    pub fn exit_code(&self) -> i32 {
+        match (self.exit_status, &self.error) {
+            (Some(status), _) => status,
+            (None, Some(_)) => 1,
+            (None, None) => 0,
+        }
+    }
+
     /// The execution finished without an error.
     pub fn is_ok(&self) -> bool {
         self.error.is_none()
@@ -180,6 +190,27 @@ mod duration_ms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exit_code_is_the_exit_status_else_1_after_an_error() {
+        let error = ExecutionError {
+            kind: ErrorKind::Exception,
+            name: "ValueError".into(),
+            value: String::new(),
+            traceback: String::new(),
+        };
+        let failed = Execution {
+            error: Some(error),
+            ..Execution::default()
+        };
+        let exited = Execution {
+            exit_status: Some(3),
+            ..failed.clone()
+        };
+        assert_eq!(Execution::default().exit_code(), 0);
+        assert_eq!(failed.exit_code(), 1);
+        assert_eq!(exited.exit_code(), 3);
+    }
 
     #[test]
     fn an_execution_has_one_camel_case_shape_that_round_trips() {

@@ -23,9 +23,11 @@ pub(crate) struct App {
 }
 
 impl App {
-    pub fn new(engine: Engine, config: ServerConfig) -> App {
+    pub fn new(engine: Engine, mut config: ServerConfig) -> App {
+        // Only the digests are kept: the plaintext keys leave memory with the config.
+        let keys = auth::Keys::new(&std::mem::take(&mut config.api_keys));
         App {
-            keys: auth::Keys::new(&config.api_keys),
+            keys,
             registry: Registry::new(engine, config),
         }
     }

@@ -22,7 +22,7 @@ pub(crate) struct Command {
 }
 
 /// What a finished process reports.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct ProcessOutput {
     pub stdout: String,
     /// The guest's stderr, then the error (traceback) if the script failed.
@@ -59,21 +59,18 @@ impl Registry {
         };
         let entry = self.new_context(sandbox, language, None, None).await?;
         let request = execute_request(code, timeout).mode(ExecutionMode::Script);
-        let run = entry.execute(request).await?;
+        // Like any execution, a process stops when its sandbox is killed.
+        let run = sandbox.execute(&entry, request).await?;
+        let exit_code = run.exit_code();
         let mut stderr = run.stderr;
         if let Some(error) = &run.error {
             stderr.push_str(&error.to_string());
             stderr.push('\n');
         }
-        let exit_code = match (run.exit_status, &run.error) {
-            (Some(status), _) => status,
-            (None, Some(_)) => 1,
-            (None, None) => 0,
-        };
         Ok(ProcessOutput {
+            exit_code,
             stdout: run.stdout,
             stderr,
-            exit_code,
         })
     }
 }
