@@ -182,7 +182,7 @@ impl Engine {
     /// Creates a context of `options.language`: a fresh interpreter with its own
     /// `/home/user` and `/tmp`. Python contexts start from a template (see
     /// [`ContextOptions::template`]); the engine's first Python context also makes sure
-    /// matplotlib's font cache is prebuilt (once per cache directory, about a second).
+    /// matplotlib's font cache is prebuilt (once per cache directory, under a second).
     pub async fn create_context(&self, options: ContextOptions) -> Result<Context, Error> {
         let Inner {
             core,

@@ -115,7 +115,7 @@ impl PythonRuntime {
     }
 
     /// Run before a context starts: the first time, makes sure matplotlib's font cache is
-    /// prebuilt (once per cache directory, about a second), so every context copies it.
+    /// prebuilt (once per cache directory, under a second), so every context copies it.
     pub async fn prepare_context(&self, core: &Core) {
         self.font_cache
             .get_or_init(|| font_cache::prepare(core, self))
